@@ -1,4 +1,6 @@
-"""Logging: colored console output on rank 0, a plain log file per rank in the output folder."""
+"""Logging: colored console output on rank 0, a plain log file per rank in the output folder.
+
+The handlers sit on the root logger, so the messages of every module (data, models) reach them too."""
 import functools
 import logging
 import os
@@ -10,10 +12,9 @@ from termcolor import colored
 @functools.lru_cache()
 def create_logger(output_dir: str, dist_rank: int = 0, name: str = 'train') -> logging.Logger:
     """Return the run's logger (cached: every call with the same arguments gets the same one)."""
-    logger = logging.getLogger(name)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    logger.handlers.clear()
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.handlers.clear()
 
     fmt = '[%(asctime)s %(name)s] (%(filename)s %(lineno)d): %(levelname)s %(message)s'
     color_fmt = (colored('[%(asctime)s %(name)s]', 'green') + colored('(%(filename)s %(lineno)d)', 'yellow')
@@ -24,11 +25,10 @@ def create_logger(output_dir: str, dist_rank: int = 0, name: str = 'train') -> l
         console = logging.StreamHandler(sys.stdout)
         console.setLevel(logging.INFO)
         console.setFormatter(logging.Formatter(color_fmt, datefmt=datefmt))
-        logger.addHandler(console)
+        root.addHandler(console)
 
     os.makedirs(output_dir, exist_ok=True)
     file_handler = logging.FileHandler(os.path.join(output_dir, f'log_rank{dist_rank}.txt'), mode='a')
-    file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter(fmt, datefmt=datefmt))
-    logger.addHandler(file_handler)
-    return logger
+    root.addHandler(file_handler)
+    return logging.getLogger(name)
