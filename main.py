@@ -58,8 +58,9 @@ def parse_option(argv=None) -> argparse.Namespace:
     parser.add_argument('--throughput', action='store_true', help='measure images/s only')
     parser.add_argument('--seed', type=int)
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'])
-    # torch.distributed.launch passes --local-rank=K (torch 2.x) or --local_rank=K (torch 1.x)
-    parser.add_argument('--local-rank', '--local_rank', dest='local_rank', type=int, default=None)
+    # torch.distributed.launch passes --local-rank=K (torch 2.x) or --local_rank=K (torch 1.x). The vendor
+    # recipe runs `sed 's/--local_rank/--local-rank/g'` on main.py: dedupe so that the edited file parses too.
+    parser.add_argument(*dict.fromkeys(['--local-rank', '--local_rank']), dest='local_rank', type=int, default=None)
     # the AMixer README's ConvNeXt-style flags
     amixer = parser.add_argument_group('AMixer README aliases')
     amixer.add_argument('--model', help='model name: reads configs/NAME.yaml')

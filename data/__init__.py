@@ -1,0 +1,87 @@
+"""Datasets, samplers and loaders for training and validation, built from the config."""
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from timm.data import Mixup
+from torch.utils.data import DataLoader
+
+from .datasets import BadImageTracker, DataError, ImageDataset, collate, find_samples
+from .samplers import EvalSampler, TrainSampler
+from .transforms import build_transform
+
+__all__ = ['BadImageTracker', 'DataError', 'LoadedData', 'build_loader']
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedData:
+    dataset_train: ImageDataset
+    dataset_val: ImageDataset
+    loader_train: DataLoader  # batches of (images, labels, bad_paths)
+    loader_val: DataLoader
+    sampler_train: TrainSampler
+    mixup_fn: Optional[Mixup]
+    num_classes: int
+
+
+def build_loader(config, rank=0, world_size=1, device=torch.device('cpu')):
+    """Datasets and loaders of DATA.DATA_PATH for this rank; sets MODEL.NUM_CLASSES when it is 0.
+
+    Every problem with the data found here raises a DataError in the calling process.
+    """
+    samples_train, samples_val, num_classes = find_samples(
+        config.DATA.DATA_PATH, config.DATA.FORMAT, config.DATA.CHECK_FILES)
+    logger.info('%d training and %d validation images of %d classes',
+                len(samples_train), len(samples_val), num_classes)
+    _set_num_classes(config, num_classes)
+
+    global_batch = world_size * config.DATA.BATCH_SIZE * config.TRAIN.ACCUMULATION_STEPS
+    if len(samples_train) < global_batch:
+        raise DataError(f'{len(samples_train)} training images are fewer than one global batch of '
+                        f'{global_batch} (world size x DATA.BATCH_SIZE x TRAIN.ACCUMULATION_STEPS)')
+    mixup_fn = _build_mixup(config, num_classes)
+
+    dataset_train = ImageDataset(samples_train, build_transform(config, is_train=True), config.SEED)
+    dataset_val = ImageDataset(samples_val, build_transform(config, is_train=False), config.SEED)
+    sampler_train = TrainSampler(len(dataset_train), global_batch, rank, world_size, config.SEED)
+    num_workers = min(config.DATA.NUM_WORKERS, os.cpu_count())
+    loader_options = dict(
+        batch_size=config.DATA.BATCH_SIZE,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=config.DATA.PIN_MEMORY and device.type == 'cuda',
+        persistent_workers=num_workers > 0,
+    )
+    loader_train = DataLoader(dataset_train, sampler=sampler_train, drop_last=True, **loader_options)
+    sampler_val = EvalSampler(len(dataset_val), rank, world_size)
+    loader_val = DataLoader(dataset_val, sampler=sampler_val, **loader_options)
+    return LoadedData(dataset_train, dataset_val, loader_train, loader_val, sampler_train, mixup_fn,
+                      num_classes)
+
+
+def _set_num_classes(config, num_classes):
+    if config.MODEL.NUM_CLASSES == 0:
+        frozen = config.is_frozen()
+        config.defrost()
+        config.MODEL.NUM_CLASSES = num_classes
+        if frozen:
+            config.freeze()
+    elif config.MODEL.NUM_CLASSES != num_classes:
+        raise DataError(f'MODEL.NUM_CLASSES is {config.MODEL.NUM_CLASSES}, but the data in '
+                        f'{config.DATA.DATA_PATH} has {num_classes} classes')
+
+
+def _build_mixup(config, num_classes):
+    aug = config.AUG
+    if aug.MIXUP <= 0 and aug.CUTMIX <= 0 and aug.CUTMIX_MINMAX is None:
+        return None
+    if config.DATA.BATCH_SIZE % 2:
+        # timm's Mixup pairs each sample with the one mirrored in the batch.
+        raise DataError(f'mixup and cutmix need an even DATA.BATCH_SIZE, not {config.DATA.BATCH_SIZE}')
+    return Mixup(mixup_alpha=aug.MIXUP, cutmix_alpha=aug.CUTMIX, cutmix_minmax=aug.CUTMIX_MINMAX,
+                 prob=aug.MIXUP_PROB, switch_prob=aug.MIXUP_SWITCH_PROB, mode=aug.MIXUP_MODE,
+                 label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=num_classes)

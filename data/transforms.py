@@ -1,0 +1,51 @@
+"""Training augmentation (timm's, as Swin uses it) and the evaluation resize and crop."""
+from PIL import Image
+from timm.data import auto_augment, create_transform
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+
+SMALL_IMAGE = 32  # at most this size (CIFAR-like), images are padded and cropped rather than resized
+
+
+def _posterize(img, bits_to_keep, **kwargs):
+    """timm's posterize, also for 0 bits: a black image, as Pillow gave before version 13 refused it."""
+    if bits_to_keep < 1:
+        return Image.new(img.mode, img.size)
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+# RandAugment's 'inc1' posterize keeps 0 bits at magnitude 10, which 'rand-m9-mstd0.5' reaches every few
+# hundred images: with Pillow 13 the run would stop with "bits must be between or equal to 1 and 8".
+for _name in ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal'):
+    auto_augment.NAME_TO_OP[_name] = _posterize
+
+
+def build_transform(config, is_train):
+    size = config.DATA.IMG_SIZE
+    if is_train:
+        transform = create_transform(
+            input_size=size,
+            is_training=True,
+            color_jitter=config.AUG.COLOR_JITTER if config.AUG.COLOR_JITTER > 0 else None,
+            hflip=config.AUG.HFLIP,
+            auto_augment=None if config.AUG.AUTO_AUGMENT == 'none' else config.AUG.AUTO_AUGMENT,
+            re_prob=config.AUG.REPROB,
+            re_mode=config.AUG.REMODE,
+            re_count=config.AUG.RECOUNT,
+            interpolation=config.DATA.INTERPOLATION,
+            mean=tuple(config.DATA.MEAN),
+            std=tuple(config.DATA.STD),
+        )
+        if size <= SMALL_IMAGE:
+            transform.transforms[0] = transforms.RandomCrop(size, padding=4)  # replaces random-resized-crop
+        return transform
+    # 'random' is a training-only choice; evaluation then resizes bilinearly, as Swin does.
+    interpolation = 'bilinear' if config.DATA.INTERPOLATION == 'random' else config.DATA.INTERPOLATION
+    interpolation = InterpolationMode(interpolation)
+    if config.TEST.CROP and size > SMALL_IMAGE:
+        resize = [transforms.Resize(int(size / config.TEST.CROP_PCT), interpolation=interpolation),
+                  transforms.CenterCrop(size)]
+    else:
+        resize = [transforms.Resize((size, size), interpolation=interpolation)]
+    normalize = [transforms.ToTensor(), transforms.Normalize(config.DATA.MEAN, config.DATA.STD)]
+    return transforms.Compose(resize + normalize)
