@@ -58,18 +58,20 @@ _C.MODEL.SWIN.PATCH_NORM = True
 
 # AMixer token mixer, shared by amixer_swin and amixer_deit
 _C.MODEL.AMIXER = CN()
-_C.MODEL.AMIXER.K = 1.5  # weight-bank size per head
-_C.MODEL.AMIXER.POLICY_APE = False  # position embedding added to the adapter's input
+_C.MODEL.AMIXER.K = 1.5  # amixer_swin: int(heads * K) weight banks per block (amixer_deit: DEIT.NUM_BANKS)
+_C.MODEL.AMIXER.POLICY_APE = False  # amixer_swin: per-stage position embedding added to the adapter's input
 _C.MODEL.AMIXER.INIT_VALUES = 1e-3  # layer-scale init
 _C.MODEL.AMIXER.ADAPTER_REDUCTION = 4  # hidden width of the adapter is dim / this
 
 # Isotropic (DeiT-style) backbone of amixer_deit
 _C.MODEL.DEIT = CN()
 _C.MODEL.DEIT.PATCH_SIZE = 16
+_C.MODEL.DEIT.IN_CHANS = 3
 _C.MODEL.DEIT.EMBED_DIM = 384
 _C.MODEL.DEIT.DEPTH = 17
 _C.MODEL.DEIT.NUM_HEADS = 8
 _C.MODEL.DEIT.MLP_RATIO = 3.0
+_C.MODEL.DEIT.NUM_BANKS = 16  # AMixer weight banks per block, shared by the heads (the reference's k)
 
 # -----------------------------------------------------------------------------
 # Training

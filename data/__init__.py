@@ -55,6 +55,9 @@ def build_loader(config, rank=0, world_size=1, device=torch.device('cpu')):
         collate_fn=collate,
         pin_memory=config.DATA.PIN_MEMORY and device.type == 'cuda',
         persistent_workers=num_workers > 0,
+        # A loader's own generator: each new iterator draws a base seed from it, and must not draw from the
+        # global one, whose stream (drop path, mixup) a run resumed mid-epoch must continue exactly.
+        generator=torch.Generator(),
     )
     loader_train = DataLoader(dataset_train, sampler=sampler_train, drop_last=True, **loader_options)
     sampler_val = EvalSampler(len(dataset_val), rank, world_size)
