@@ -45,8 +45,12 @@ def init_distributed(device_arg: str = 'auto', local_rank_arg: int | None = None
     else:
         device = torch.device('cpu')
     if world_size > 1:
-        dist.init_process_group('nccl' if use_cuda else 'gloo', rank=rank, world_size=world_size,
-                                device_id=device if use_cuda else None)
+        # A key space of its own for each torchrun restart: in a store that outlives a failed attempt, the
+        # new workers would otherwise read the addresses of the dead ones and fail to connect.
+        store, _, _ = next(dist.rendezvous('env://', rank=rank, world_size=world_size))
+        attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
+        dist.init_process_group('nccl' if use_cuda else 'gloo', store=dist.PrefixStore(f'attempt_{attempt}', store),
+                                rank=rank, world_size=world_size, device_id=device if use_cuda else None)
     return DistInfo(rank, world_size, local_rank, device)
 
 

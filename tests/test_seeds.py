@@ -4,13 +4,12 @@ import importlib.util
 import os
 import re
 import shlex
-import socket
-import subprocess
 import sys
 
 import pytest
 
 from main import build_config, parse_option
+from tests.helpers import ACMIX, launch, run_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = os.path.join(ROOT, 'tests', 'data', 'seeds')
@@ -74,19 +73,12 @@ def test_amixer_readme_commands(model, batch, accumulation):
     assert config.OUTPUT == f'./logs/{model}'
 
 
-def test_vendor_recipe_runs_after_sed_on_demo_data(tmp_path, demo_data):
+def test_vendor_recipe_runs_after_sed_on_demo_data(tmp_path, tiny_data):
     """The recipe's launcher and flags, on main.py edited by its sed, with the demo config and data."""
     edited = tmp_path / 'main.py'
     edited.write_text(open(os.path.join(ROOT, 'main.py')).read().replace(*SED))
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, '-m', 'torch.distributed.launch', '--nproc_per_node', '2', '--master_port', str(port),
-           str(edited), '--cfg', 'configs/demo/acmix_swin_demo.yaml', '--data-path', demo_data, '--batch-size', '32',
-           '--output', str(tmp_path / 'out'), '--opts', 'TRAIN.EPOCHS', '1', 'DATA.NUM_WORKERS', '0']
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, 'PYTHONPATH': ROOT})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    run_dir = tmp_path / 'out' / 'acmix_swin_demo' / 'default'
-    assert (run_dir / 'ckpt_epoch_0.pth').is_file()
-    assert (run_dir / 'log_rank1.txt').is_file()
+    launch(['--cfg', ACMIX, '--data-path', tiny_data, '--batch-size', '16', '--output', str(tmp_path / 'out'),
+            '--opts', 'TRAIN.EPOCHS', '1', 'DATA.NUM_WORKERS', '0'],
+           nproc=2, launcher='launch', script=str(edited), env={'PYTHONPATH': ROOT})
+    assert os.path.isfile(os.path.join(run_dir(tmp_path / 'out', ACMIX), 'ckpt_epoch_0.pth'))
+    assert os.path.isfile(os.path.join(run_dir(tmp_path / 'out', ACMIX), 'log_rank1.txt'))

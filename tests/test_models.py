@@ -1,0 +1,257 @@
+"""Models: fidelity to the reference implementations, published sizes, timm registration, training behaviour.
+
+Expected values come from tests/data/golden (outputs of the reference code and the published models'
+sizes), never from this project's own output.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from config import get_default_config, merge_yaml
+from models import build_model, from_reference, load_reference_state_dict
+from models.acmix import ACmixAttention
+from models.amixer import convert_reference_state_dict
+from models.build import TIMM_MODELS
+from tools.check_golden import main as check_golden
+from tools.model_info import model_info
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / 'tests' / 'data' / 'golden'
+GOLDEN_FILES = sorted(GOLDEN.glob('*.pt'))
+PUBLISHED = json.loads((GOLDEN / 'published_models.json').read_text())
+
+
+def load_golden(path):
+    return torch.load(path, weights_only=True)
+
+
+def load_config(path, *opts):
+    config = get_default_config()
+    merge_yaml(config, str(path))
+    config.defrost()
+    config.merge_from_list(list(opts))
+    return config
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fidelity to the reference implementations
+# ----------------------------------------------------------------------------------------------------
+
+def test_golden_files_cover_every_family():
+    assert (GOLDEN / 'README.md').is_file()
+    families = {load_golden(path)['family'] for path in GOLDEN_FILES}
+    assert families == {'swin', 'acmix_swin', 'amixer_swin', 'amixer_deit'}
+
+
+def test_check_golden_passes_every_golden_file():
+    result = run_tool('tools/check_golden.py', *map(str, GOLDEN_FILES), '--atol', '1e-4')
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(GOLDEN_FILES)
+    for line, path in zip(lines, GOLDEN_FILES):
+        assert line.startswith(str(path)) and line.endswith(' ok'), line
+        assert float(line.split('max abs diff ')[1].split()[0]) <= 1e-4
+
+
+def test_check_golden_fails_beyond_tolerance(tmp_path, capsys):
+    golden = load_golden(GOLDEN / 'acmix_swin_small_geometry.pt')
+    golden['output'] = golden['output'] + 1e-3
+    torch.save(golden, tmp_path / 'off.pt')
+    assert check_golden([str(tmp_path / 'off.pt'), '--atol', '1e-4']) == 1
+    assert 'FAIL' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('name', ['swin_small_geometry', 'acmix_swin_small_geometry'])
+def test_shifted_window_masks_equal_the_reference_buffers(name):
+    golden = load_golden(GOLDEN / f'{name}.pt')
+    model = from_reference(golden['family'], golden['reference_kwargs'])
+    ours = {key: value for key, value in model.state_dict().items() if key.endswith('attn_mask')}
+    theirs = {key: value for key, value in golden['state_dict'].items() if key.endswith('attn_mask')}
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0)
+
+
+def test_amixer_checkpoint_conversion_is_needed():
+    """The reference's patch-merging channel order differs from ours: loading it unconverted is wrong."""
+    golden = load_golden(GOLDEN / 'amixer_swin_small_geometry.pt')
+    model = from_reference(golden['family'], golden['reference_kwargs']).eval()
+    converted = convert_reference_state_dict(golden['state_dict'])
+    for key in converted:
+        if '.downsample.' in key:
+            converted[key] = golden['state_dict'][key.replace('.reduction.', '.proj.')]
+    model.load_state_dict(converted)
+    with torch.no_grad():
+        assert (model(golden['input']) - golden['output']).abs().max() > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------------
+# The nine published models
+# ----------------------------------------------------------------------------------------------------
+
+def published_state_dict(name):
+    """Meta tensors in the layout of the released (reference) checkpoint, converted to ours for AMixer."""
+    entry = PUBLISHED[name]
+    state_dict = {key: torch.empty(shape, device='meta') for key, shape in entry['state_dict_shapes'].items()}
+    return convert_reference_state_dict(state_dict) if entry['family'].startswith('amixer') else state_dict
+
+
+@pytest.mark.parametrize('name', sorted(PUBLISHED))
+def test_published_model_size(name):
+    entry = PUBLISHED[name]
+    config = load_config(ROOT / 'configs' / f'{name}.yaml')
+    assert config.DATA.IMG_SIZE == 224
+    info = model_info(config)
+    assert info['params'] == entry['params']
+    assert abs(info['macs'] - entry['macs_224']) <= 0.01 * entry['macs_224']
+    expected = {key: list(value.shape) for key, value in published_state_dict(name).items()}
+    assert info['state_dict_shapes'] == expected
+    if entry['family'] in ('swin', 'acmix_swin'):  # the released checkpoints' layout exactly
+        assert info['state_dict_shapes'] == entry['state_dict_shapes']
+
+
+@pytest.mark.parametrize('name', sorted(PUBLISHED))
+def test_published_checkpoint_loads_strictly(name):
+    config = load_config(ROOT / 'configs' / f'{name}.yaml')
+    with torch.device('meta'):
+        model = build_model(config)
+    checkpoint = {'model': published_state_dict(name)}
+    model.load_state_dict(checkpoint['model'], strict=True)
+
+
+def test_model_info_json():
+    config_path = ROOT / 'configs' / 'demo' / 'acmix_swin_demo.yaml'
+    result = run_tool('tools/model_info.py', '--cfg', str(config_path), '--json')
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    model = build_model(load_config(config_path))
+    assert info['params'] == sum(p.numel() for p in model.parameters())
+    assert info['macs'] > 0
+    assert info['state_dict_shapes'] == {key: list(value.shape) for key, value in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# timm registration
+# ----------------------------------------------------------------------------------------------------
+
+def test_timm_registers_only_the_acmix_and_amixer_models():
+    ours = [name for name in timm.list_models() if timm.models.model_entrypoint(name).__module__ == 'models.build']
+    assert sorted(ours) == sorted(TIMM_MODELS)
+    assert timm.models.model_entrypoint('swin_tiny_patch4_window7_224').__module__ == 'timm.models.swin_transformer'
+
+
+@pytest.mark.parametrize('name', TIMM_MODELS)
+def test_timm_create_model_honours_keyword_arguments(name):
+    with torch.device('meta'):
+        model = timm.create_model(name, num_classes=7, drop_path_rate=0.3, img_size=448)
+        assert model(torch.empty(1, 3, 448, 448)).shape == (1, 7)
+    assert model.head.out_features == 7
+    assert model.layers[-1].blocks[-1].drop_path.drop_prob == pytest.approx(0.3)
+    with pytest.raises(ValueError, match='pretrained'):
+        timm.create_model(name, pretrained=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training behaviour
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('path', GOLDEN_FILES, ids=lambda path: path.stem)
+def test_every_parameter_gets_a_finite_nonzero_gradient(path):
+    golden = load_golden(path)
+    torch.manual_seed(0)
+    model = from_reference(golden['family'], {**golden['reference_kwargs'], 'drop_path_rate': 0.1}).train()
+    images = torch.randn(8, *golden['input'].shape[1:])
+    loss = torch.nn.functional.cross_entropy(model(images), torch.arange(8) % model.num_classes)
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_recomputes_and_matches():
+    golden = load_golden(GOLDEN / 'acmix_swin_small_geometry.pt')
+    plain = from_reference('acmix_swin', {**golden['reference_kwargs'], 'drop_path_rate': 0.})
+    checkpointed = from_reference('acmix_swin', {**golden['reference_kwargs'], 'drop_path_rate': 0.,
+                                                 'use_checkpoint': True})
+    checkpointed.load_state_dict(plain.state_dict())
+    calls = []
+    checkpointed.layers[0].blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    for model in (plain, checkpointed):
+        model(golden['input']).square().mean().backward()
+    assert len(calls) == 2  # forward, then again during backward
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_no_weight_decay_names_exist():
+    golden = load_golden(GOLDEN / 'swin_small_geometry.pt')
+    swin = from_reference('swin', golden['reference_kwargs'])
+    keyword, = swin.no_weight_decay_keywords()
+    assert any(keyword in name for name, _ in swin.named_parameters())
+    golden = load_golden(GOLDEN / 'amixer_deit_small_geometry.pt')
+    deit = from_reference('amixer_deit', golden['reference_kwargs'])
+    assert deit.no_weight_decay() <= {name for name, _ in deit.named_parameters()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building from the config tree, and input sizes
+# ----------------------------------------------------------------------------------------------------
+
+SWIN_TINY = ROOT / 'configs' / 'swin_tiny_patch4_window7_224.yaml'
+
+
+@pytest.mark.parametrize('img_size, reason', [(84, 'odd side'), (200, 'not a multiple of the window'),
+                                              (16, 'too small')])
+def test_an_impossible_input_size_is_a_clear_build_error(img_size, reason):
+    with pytest.raises(ValueError, match=f'img_size {img_size}') as error:
+        build_model(load_config(SWIN_TINY, 'DATA.IMG_SIZE', img_size))
+    assert reason in str(error.value)
+
+
+def test_a_wrong_input_size_is_a_clear_forward_error():
+    model = build_model(load_config(ROOT / 'configs' / 'demo' / 'acmix_swin_demo.yaml'))
+    with pytest.raises(ValueError, match='built for img_size 32'):
+        model(torch.randn(1, 3, 64, 64))
+
+
+def test_amixer_pads_sizes_that_swin_refuses():
+    kwargs = {**load_golden(GOLDEN / 'amixer_swin_small_geometry.pt')['reference_kwargs'], 'img_size': 40}
+    with pytest.raises(ValueError, match='img_size 40'):
+        from_reference('swin', {key: kwargs[key] for key in ('img_size', 'patch_size', 'embed_dim', 'depths',
+                                                            'num_heads', 'num_classes')})
+    model = from_reference('amixer_swin', kwargs).eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(2, 3, 40, 40))).all()
+
+
+def test_build_model_reads_the_config_tree():
+    config = load_config(ROOT / 'configs' / 'acmix_swin_tiny_patch4_window7_224.yaml', 'MODEL.TYPE', 'swin_acmix',
+                         'MODEL.NUM_CLASSES', 0, 'TRAIN.USE_CHECKPOINT', True)
+    with torch.device('meta'):
+        model = build_model(config)
+    assert isinstance(model.layers[0].blocks[0].attn, ACmixAttention)
+    assert model.head.out_features == 1000
+    assert all(stage.grad_checkpointing for stage in model.layers)
+    with pytest.raises(ValueError, match='unknown MODEL.TYPE'):
+        build_model(load_config(SWIN_TINY, 'MODEL.TYPE', 'vit'))
+
+
+@pytest.mark.parametrize('name', ['acmix_swin_demo', 'amixer_swin_demo'])
+def test_demo_configs_train(name):
+    config = load_config(ROOT / 'configs' / 'demo' / f'{name}.yaml')
+    assert (config.DATA.IMG_SIZE, config.MODEL.NUM_CLASSES, config.AUG.HFLIP) == (32, 10, 0.0)
+    model = build_model(config).train()
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(32, 3, 32, 32)), torch.arange(32) % 10)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
