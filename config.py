@@ -32,7 +32,7 @@ _C.DATA.MAX_BAD_IMAGES = 50  # unreadable images tolerated per epoch before the 
 # Model
 # -----------------------------------------------------------------------------
 _C.MODEL = CN()
-_C.MODEL.TYPE = 'swin'  # swin | acmix_swin | amixer_swin | amixer_deit
+_C.MODEL.TYPE = 'swin'  # swin | acmix_swin (or the ACmix reference's swin_acmix) | amixer_swin | amixer_deit
 _C.MODEL.NAME = 'swin_tiny_patch4_window7_224'
 _C.MODEL.PRETRAINED = ''  # weights to start from (a checkpoint with 'model', or a bare state dict)
 _C.MODEL.RESUME = ''  # checkpoint to resume training from

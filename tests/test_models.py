@@ -13,7 +13,7 @@ import timm
 import torch
 
 from config import get_default_config, merge_yaml
-from models import build_model, from_reference, load_reference_state_dict
+from models import build_model, from_reference
 from models.acmix import ACmixAttention
 from models.amixer import convert_reference_state_dict
 from models.build import TIMM_MODELS

@@ -1,0 +1,57 @@
+"""ACmix token mixer: one set of 1x1 projections feeding both window attention and a convolution.
+
+The query/key/value projections of window attention are shared with a convolution path: a fully
+connected layer maps the 3 x heads projected features of each head channel to the 9 inputs of a 3x3
+kernel, and a group convolution (initialised as shifts) aggregates them. Both paths run on the same,
+cyclically shifted map and are mixed as rate1 * attention + rate2 * convolution.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .swin import SwinTransformer, WindowAttention
+
+
+class ACmixAttention(WindowAttention):
+    """Window attention plus ACmix's convolution path; parameter names are the released checkpoints'."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
+                 qk_scale: float | None = None, proj_drop: float = 0.):
+        super().__init__(dim, num_heads, window_size, qkv_bias, qk_scale, proj_drop)
+        head_dim = dim // num_heads
+        self.fc = nn.Conv2d(3 * num_heads, 9, kernel_size=1)
+        # no bias: the reference's init sets it to None
+        self.dep_conv = nn.Conv2d(9 * head_dim, dim, kernel_size=3, padding=1, groups=head_dim, bias=False)
+        self.rate1 = nn.Parameter(torch.full((1,), 0.5))
+        self.rate2 = nn.Parameter(torch.full((1,), 0.5))
+        # every output channel starts as the sum of its 9 inputs, input i shifted to kernel tap i
+        shifts = torch.eye(9).view(9, 3, 3)
+        with torch.no_grad():
+            self.dep_conv.weight.copy_(shifts.expand(dim, 9, 3, 3))
+
+    def forward(self, x: Tensor, mask: Tensor | None, ape: Tensor | None = None) -> Tensor:
+        """`ape` is unused: ACmix has no policy to position-embed."""
+        qkv = self.qkv(x)
+        attention = self.proj(self.attend(qkv, mask))
+        return self.proj_drop(self.rate1 * attention + self.rate2 * self.convolve(qkv))
+
+    def convolve(self, qkv: Tensor) -> Tensor:
+        """(B, H, W, 3C) projections -> (B, H, W, C) convolution path."""
+        B, H, W, C3 = qkv.shape
+        parts = self.fc.in_channels  # q, k and v of every head
+        features = qkv.view(B, H, W, parts, C3 // parts).transpose(-1, -2)  # B, H, W, head_dim, 3*heads
+        # the reference's 1x1 conv over the parts, as a linear; channel (d, tap) becomes d * 9 + tap
+        taps = F.linear(features, self.fc.weight.view(9, parts), self.fc.bias).flatten(3)  # B, H, W, 9*head_dim
+        return self.dep_conv(taps.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def acmix_swin(*, qkv_bias: bool = True, qk_scale: float | None = None, drop_rate: float = 0.,
+               **kwargs) -> SwinTransformer:
+    """Swin with ACmix in every block. Keyword arguments as SwinTransformer's."""
+    mixer = partial(ACmixAttention, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=drop_rate)
+    return SwinTransformer(mixer, drop_rate=drop_rate, **kwargs)

@@ -1,0 +1,114 @@
+"""AMixer token mixer (adaptive weight mixing), AMixer-Swin, AMixer-DeiT, and reference checkpoint conversion.
+
+AMixer replaces attention's query-key products with mixing weights built from a bank of relative-position
+weight tables: an adapter looks at each source token and chooses, per head, how to combine the banks;
+the combined logits are normalised over source tokens and mix the (pre-projected) tokens of the window.
+
+AMixer-DeiT is the one-stage instance of the same backbone: its window is the whole patch grid, so it
+never shifts, pads or merges, and its position embedding is the backbone's absolute one.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .swin import SwinTransformer, relative_position_index, window_partition, window_reverse
+
+# Options of the reference classes that exist here only with their published value ...
+PUBLISHED_OPTIONS = {'ada': True, 'mode': 'linear-softmax', 'pre_proj': True, 'post_proj': True, 'relative': True}
+# ... and their defaults there, which an argument list that omits them gets.
+REFERENCE_OPTION_DEFAULTS = {
+    'amixer_swin': {'ada': False, 'mode': 'linear-softmax', 'pre_proj': True, 'post_proj': True, 'relative': True},
+    'amixer_deit': {'ada': False, 'mode': 'softmax', 'pre_proj': False, 'post_proj': False, 'relative': False},
+}
+
+
+class AdaptiveWeightMixing(nn.Module):
+    """Per-window token mixing with weights that each source token chooses from a bank."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, num_banks: int, adapter_reduction: int = 4):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_banks = num_banks
+        self.window_size = window_size
+        self.weight_bank = nn.Parameter(torch.randn(num_banks, (2 * window_size - 1) ** 2) * .02)
+        self.register_buffer('relative_position_index', relative_position_index(window_size))
+        hidden = dim // adapter_reduction
+        self.adapter = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, num_banks * num_heads))
+        self.pre_proj = nn.Linear(dim, dim)
+        self.post_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None, ape: Tensor | None) -> Tensor:
+        B, H, W, C = x.shape
+        heads, N = self.num_heads, self.window_size ** 2
+        windows = window_partition(x, self.window_size)  # B*nW, N, C
+        policy = self.adapter(windows if ape is None else windows + ape).view(-1, N, self.num_banks, heads)
+        banks = self.weight_bank[:, self.relative_position_index]  # banks, N (source), N (target)
+        # logits[b, h, target, source]: the source token's policy weighs the banks
+        logits = torch.einsum('bskh,kst->bhts', policy, banks)
+        if mask is not None:
+            # the reference adds the transposed Swin mask to its (source, target) logits: in this
+            # (target, source) layout, that is the Swin mask itself
+            num_windows = mask.shape[0]
+            logits = (logits.view(-1, num_windows, heads, N, N) + mask.unsqueeze(1)).view(-1, heads, N, N)
+        weights = logits.softmax(dim=-1)  # normalised over source tokens
+        values = self.pre_proj(windows).view(-1, N, heads, C // heads).transpose(1, 2)
+        mixed = (weights @ values).transpose(1, 2).reshape(-1, N, C)
+        return window_reverse(self.post_proj(mixed), self.window_size, H, W)
+
+
+def amixer_swin(*, k: float = 1.5, policy_ape: bool = True, init_values: float = 1e-3, adapter_reduction: int = 4,
+                **kwargs) -> SwinTransformer:
+    """AMixer-Swin: int(heads * k) weight banks per block, layer scale, optional policy position embedding.
+
+    Other keyword arguments as SwinTransformer's; defaults are the reference class's.
+    """
+    def mixer(dim: int, num_heads: int, window_size: int) -> AdaptiveWeightMixing:
+        return AdaptiveWeightMixing(dim, num_heads, window_size, int(num_heads * k), adapter_reduction)
+
+    return SwinTransformer(mixer, layer_scale=init_values, policy_ape=policy_ape, allow_padding=True,
+                           merge_bias=True, store_masks=False, **kwargs)
+
+
+def amixer_deit(*, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
+                embed_dim: int = 768, depth: int = 12, num_heads: int = 1, k: int = 16, mlp_ratio: float = 4.,
+                init_values: float = 1e-3, drop_rate: float = 0., drop_path_rate: float = 0.,
+                adapter_reduction: int = 4, use_checkpoint: bool = False) -> SwinTransformer:
+    """Isotropic AMixer-DeiT: k weight banks per block over the whole patch grid; defaults are the reference's."""
+    def mixer(dim: int, heads: int, window_size: int) -> AdaptiveWeightMixing:
+        return AdaptiveWeightMixing(dim, heads, window_size, k, adapter_reduction)
+
+    return SwinTransformer(
+        mixer, img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+        embed_dim=embed_dim, depths=(depth,), num_heads=(num_heads,), window_size=img_size // patch_size,
+        mlp_ratio=mlp_ratio, drop_rate=drop_rate, drop_path_rate=drop_path_rate, ape=True, norm_eps=1e-6,
+        layer_scale=init_values, use_checkpoint=use_checkpoint)
+
+
+def convert_reference_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict of the reference AMixer-Swin or AMixer-DeiT code, in this project's layout.
+
+    - the mixer is `attn` (reference: `spatial_mixer`; DeiT: `spatil_mlp`);
+    - DeiT's blocks are stage 0's, and its (1, H, W, C) `pos_embed` is `absolute_pos_embed` (1, H*W, C);
+    - shifted-window masks are recomputed, not stored (reference: one per stage);
+    - patch merging is Swin's `reduction`, its 4 concatenated neighbours in Swin's order (the reference
+      concatenates (0,0), (0,1), (1,0), (1,1) as (row, col); Swin swaps the middle two).
+    """
+    converted = {}
+    for key, value in state_dict.items():
+        if re.fullmatch(r'layers\.\d+\.attn_mask', key):
+            continue
+        key = key.replace('.spatial_mixer.', '.attn.').replace('.spatil_mlp.', '.attn.')
+        if key.startswith('blocks.'):
+            key = 'layers.0.' + key
+        if key == 'pos_embed':
+            key, value = 'absolute_pos_embed', value.flatten(1, 2)
+        if re.fullmatch(r'layers\.\d+\.downsample\.(proj|norm)\.(weight|bias)', key):
+            key = key.replace('.proj.', '.reduction.')
+            if not key.endswith('reduction.bias'):
+                value = value.unflatten(-1, (4, -1))[..., [0, 2, 1, 3], :].flatten(-2)
+        converted[key] = value
+    return converted

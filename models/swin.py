@@ -1,0 +1,355 @@
+"""The Swin hierarchical backbone, written once, with the token mixer of its blocks plugged in.
+
+Tokens stay in a (B, H, W, C) map from the patch embedding to the pooling. Module, parameter and buffer
+names follow the released Swin checkpoints (which ACmix's share), so those load as they are.
+
+Also here: the window helpers every mixer uses, and Swin's own mixer, window attention with a
+relative position bias.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+MixerFactory = Callable[[int, int, int], nn.Module]
+"""(dim, num_heads, window_size) -> token mixer.
+
+A mixer's forward takes `x`, a cyclically shifted (B, H, W, C) map whose sides are multiples of
+window_size; `mask`, the shifted-window mask (num_windows, N, N) or None; and `ape`, the stage's policy
+position embedding (N, C) or None (only AMixer stages have one). It returns a map shaped like `x`.
+"""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Window helpers
+# ----------------------------------------------------------------------------------------------------
+
+def relative_position_index(window_size: int) -> Tensor:
+    """(N, N) index, N = window_size**2, of each (query, key) offset into a (2w-1)**2 table."""
+    w = window_size
+    coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing='ij')).flatten(1)
+    offsets = coords[:, :, None] - coords[:, None, :] + (w - 1)  # 2, N, N; each in [0, 2w-2]
+    return offsets[0] * (2 * w - 1) + offsets[1]
+
+
+def window_partition(x: Tensor, window_size: int) -> Tensor:
+    """(B, H, W, C) -> (B * num_windows, window_size**2, C); windows and their tokens in row-major order."""
+    B, H, W, C = x.shape
+    w = window_size
+    x = x.reshape(B, H // w, w, W // w, w, C).transpose(2, 3)
+    return x.reshape(-1, w * w, C)
+
+
+def window_reverse(windows: Tensor, window_size: int, H: int, W: int) -> Tensor:
+    """Inverse of window_partition: (B * num_windows, window_size**2, C) -> (B, H, W, C)."""
+    w = window_size
+    x = windows.reshape(-1, H // w, W // w, w, w, windows.shape[-1]).transpose(2, 3)
+    return x.reshape(-1, H, W, windows.shape[-1])
+
+
+def shifted_window_mask(size: int, window_size: int, shift_size: int) -> Tensor:
+    """(num_windows, N, N) additive mask for a (size x size) map rolled by -shift_size.
+
+    After the roll, a window at the border holds tokens from up to four image regions that are not
+    neighbours; a token attends only within its own region (-100 elsewhere, as the references use).
+    """
+    w, s = window_size, shift_size
+    region = torch.zeros(1, size, size, 1)
+    bands = (slice(0, -w), slice(-w, -s), slice(-s, None))
+    for label, (rows, cols) in enumerate(itertools.product(bands, bands)):
+        region[:, rows, cols] = label
+    region = window_partition(region, w).squeeze(-1)  # num_windows, N
+    different = region[:, None, :] != region[:, :, None]
+    return torch.zeros(different.shape).masked_fill(different, -100.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Swin's token mixer
+# ----------------------------------------------------------------------------------------------------
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention within each window, with a learned relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
+                 qk_scale: float | None = None, proj_drop: float = 0.):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer('relative_position_index', relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def forward(self, x: Tensor, mask: Tensor | None, ape: Tensor | None = None) -> Tensor:
+        """`ape` is unused: attention has no policy to position-embed."""
+        return self.proj_drop(self.proj(self.attend(self.qkv(x), mask)))
+
+    def attend(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, H, W, 3C) query/key/value map -> (B, H, W, C) attention output, heads concatenated."""
+        B, H, W, C3 = qkv.shape
+        w, heads = self.window_size, self.num_heads
+        N = w * w
+        windows = window_partition(qkv, w)  # B*nW, N, 3C
+        q, k, v = windows.reshape(-1, N, 3, heads, C3 // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            # windows are batch-major, so the (nW, heads, N, N) bias repeats once per image
+            bias = (bias + mask.unsqueeze(1)).repeat(B, 1, 1, 1)
+        # (a 4-D bias, also unmasked, lets SDPA take its fused CPU kernel)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+        return window_reverse(out.transpose(1, 2).reshape(-1, N, C3 // 3), w, H, W)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backbone
+# ----------------------------------------------------------------------------------------------------
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> (B, H/p, W/p, C) tokens, optionally normalised."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, norm_eps: float | None):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if norm_eps is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(x).permute(0, 2, 3, 1)
+        return x.contiguous() if self.norm is None else self.norm(x)
+
+
+class PatchMerging(nn.Module):
+    """Halve the resolution and double the width.
+
+    Each 2x2 neighbourhood is concatenated in Swin's order (row, col) = (0,0), (1,0), (0,1), (1,1),
+    normalised and projected. An odd side is zero-padded first (AMixer; Swin's sizes are always even).
+    """
+
+    def __init__(self, dim: int, bias: bool):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=bias)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, H, W, C = x.shape
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+            H, W = H + H % 2, W + W % 2
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)
+        return self.reduction(self.norm(x))
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """What all blocks of a network share."""
+    mixer: MixerFactory
+    mlp_ratio: float
+    drop: float
+    norm_eps: float
+    layer_scale: float | None  # initial per-channel scale of both residual branches (AMixer); None: unscaled
+    store_mask: bool  # the shifted-window mask is a state-dict buffer, as in Swin's released checkpoints
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm residual block: (shifted-)window token mixing, then an MLP."""
+
+    def __init__(self, dim: int, resolution: int, num_heads: int, window_size: int, shift: bool,
+                 drop_path: float, settings: BlockSettings):
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = window_size // 2 if shift else 0
+        # sides are padded up to whole windows (AMixer; Swin's always divide)
+        self.padded_size = math.ceil(resolution / window_size) * window_size
+        self.norm1 = nn.LayerNorm(dim, eps=settings.norm_eps)
+        self.attn = settings.mixer(dim, num_heads, window_size)  # `attn` for every mixer: the checkpoints' name
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=settings.norm_eps)
+        self.mlp = Mlp(dim, int(dim * settings.mlp_ratio), drop=settings.drop)
+        if settings.layer_scale is None:
+            self.register_parameter('gamma1', None)
+            self.register_parameter('gamma2', None)
+        else:
+            self.gamma1 = nn.Parameter(torch.full((dim,), settings.layer_scale))
+            self.gamma2 = nn.Parameter(torch.full((dim,), settings.layer_scale))
+        mask = shifted_window_mask(self.padded_size, window_size, self.shift_size) if shift else None
+        self.register_buffer('attn_mask', mask, persistent=settings.store_mask)
+
+    def forward(self, x: Tensor, ape: Tensor | None = None) -> Tensor:
+        y = self.mix_tokens(self.norm1(x), ape)
+        x = x + self.drop_path(y if self.gamma1 is None else self.gamma1 * y)
+        y = self.mlp(self.norm2(x))
+        return x + self.drop_path(y if self.gamma2 is None else self.gamma2 * y)
+
+    def mix_tokens(self, x: Tensor, ape: Tensor | None) -> Tensor:
+        B, H, W, C = x.shape
+        pad = self.padded_size - H
+        s = self.shift_size
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad, 0, pad))
+        if s:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+        x = self.attn(x, self.attn_mask, ape)
+        if s:
+            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
+        return x[:, :H, :W].contiguous() if pad else x
+
+
+class SwinStage(nn.Module):
+    """Blocks at one resolution, alternating plain and shifted windows, then optional patch merging."""
+
+    def __init__(self, dim: int, resolution: int, num_heads: int, window_size: int, shift: bool,
+                 drop_paths: Sequence[float], settings: BlockSettings, policy_ape: bool,
+                 downsample: PatchMerging | None):
+        super().__init__()
+        self.resolution = resolution
+        self.grad_checkpointing = False
+        # AMixer's policy position embedding: one per stage, shared by its blocks
+        self.ape = nn.Parameter(torch.randn(window_size ** 2, dim) * .02) if policy_ape else None
+        self.blocks = nn.ModuleList([
+            SwinBlock(dim, resolution, num_heads, window_size, shift and i % 2 == 1, drop_path, settings)
+            for i, drop_path in enumerate(drop_paths)])
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, self.ape, use_reentrant=False)
+            else:
+                x = block(x, self.ape)
+        return x if self.downsample is None else self.downsample(x)
+
+
+def plan_stages(img_size: int, patch_size: int, window_sizes: Sequence[int], allow_padding: bool
+                ) -> list[tuple[int, int, bool]]:
+    """(resolution, window size, shift) of each stage; ValueError, naming img_size, if the size cannot work.
+
+    As both references do, a window is clipped to its stage's nominal side (patch grid // 2**i) and only
+    shifted when the stage holds more than one window. Without padding (Swin), every side must divide
+    into windows and halve exactly; with it (AMixer), sides are padded instead.
+    """
+    grid = img_size // patch_size
+    if grid // 2 ** (len(window_sizes) - 1) < 1:
+        raise ValueError(f'img_size {img_size} is too small: with patch_size {patch_size}, its {grid}x{grid} '
+                         f'patch grid cannot be halved for {len(window_sizes)} stages')
+    plan, resolution = [], grid
+    for i, window_size in enumerate(window_sizes):
+        nominal = grid // 2 ** i
+        window = min(window_size, nominal)
+        if not allow_padding:
+            if resolution % window:
+                raise ValueError(f'img_size {img_size} does not fit window {window}: stage {i} has '
+                                 f'{resolution}x{resolution} tokens, not a multiple of the window')
+            if i + 1 < len(window_sizes) and resolution % 2:
+                raise ValueError(f'img_size {img_size} does not halve evenly: stage {i} has '
+                                 f'{resolution}x{resolution} tokens, an odd side that patch merging cannot halve')
+        plan.append((resolution, window, nominal > window))
+        resolution = math.ceil(resolution / 2)
+    return plan
+
+
+class SwinTransformer(nn.Module):
+    """Patch embedding, stages of blocks with patch merging in between, norm, mean pooling, linear head.
+
+    Defaults are the reference classes'. Layout options (all defaults are Swin's):
+      allow_padding: pad stage sides to whole windows and even sizes instead of refusing them (AMixer);
+      merge_bias: patch-merging projection has a bias (AMixer);
+      store_masks: shifted-window masks are state-dict buffers, as in Swin's released checkpoints.
+    """
+
+    def __init__(self, mixer: MixerFactory, *, img_size: int = 224, patch_size: int = 4, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
+                 num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int | Sequence[int] = 7,
+                 mlp_ratio: float = 4., drop_rate: float = 0., drop_path_rate: float = 0.1, ape: bool = False,
+                 patch_norm: bool = True, norm_eps: float = 1e-5, layer_scale: float | None = None,
+                 policy_ape: bool = False, allow_padding: bool = False, merge_bias: bool = False,
+                 store_masks: bool = True, use_checkpoint: bool = False):
+        super().__init__()
+        num_stages = len(depths)
+        window_sizes = [window_size] * num_stages if isinstance(window_size, int) else list(window_size)
+        if len(window_sizes) != num_stages or len(num_heads) != num_stages:
+            raise ValueError(f'depths {list(depths)}, num_heads {list(num_heads)} and window sizes '
+                             f'{window_sizes} must give one value per stage')
+        dims = [embed_dim * 2 ** i for i in range(num_stages)]
+        for dim, heads in zip(dims, num_heads):
+            if dim % heads:
+                raise ValueError(f'stage width {dim} is not divisible by its {heads} heads')
+        plan = plan_stages(img_size, patch_size, window_sizes, allow_padding)
+
+        self.img_size = img_size
+        self.num_classes = num_classes
+        self.num_features = dims[-1]
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_eps if patch_norm else None)
+        grid = img_size // patch_size
+        self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim)) if ape else None
+        self.pos_drop = nn.Dropout(drop_rate)
+        settings = BlockSettings(mixer, mlp_ratio, drop_rate, norm_eps, layer_scale, store_masks)
+        # stochastic depth grows linearly over all blocks (rates on the CPU, also when building on 'meta')
+        drop_paths = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        self.layers = nn.ModuleList()
+        for i, (resolution, window, shift) in enumerate(plan):
+            first = sum(depths[:i])
+            self.layers.append(SwinStage(
+                dims[i], resolution, num_heads[i], window, shift, drop_paths[first:first + depths[i]], settings,
+                policy_ape, downsample=PatchMerging(dims[i], merge_bias) if i + 1 < num_stages else None))
+        self.norm = nn.LayerNorm(self.num_features, eps=norm_eps)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+        if self.absolute_pos_embed is not None:
+            trunc_normal_(self.absolute_pos_embed, std=.02)
+        self.apply(_init_weights)
+        self.set_grad_checkpointing(use_checkpoint)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        return {'absolute_pos_embed'}
+
+    def no_weight_decay_keywords(self) -> set[str]:
+        return {'relative_position_bias_table'}
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, in_chans, img_size, img_size) images -> (B, num_features) pooled features."""
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f'input is {x.shape[-2]}x{x.shape[-1]} but the model was built for '
+                             f'img_size {self.img_size}')
+        x = self.patch_embed(x)
+        if self.absolute_pos_embed is not None:
+            x = x + self.absolute_pos_embed.view(1, *x.shape[1:])
+        x = self.pos_drop(x)
+        for stage in self.layers:
+            x = stage(x)
+        return self.norm(x).mean(dim=(1, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # the references' initialisation: truncated normal linears, unit layer norms
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def swin(*, qkv_bias: bool = True, qk_scale: float | None = None, drop_rate: float = 0., **kwargs) -> SwinTransformer:
+    """Plain Swin: window attention in every block. Keyword arguments as SwinTransformer's."""
+    mixer = partial(WindowAttention, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=drop_rate)
+    return SwinTransformer(mixer, drop_rate=drop_rate, **kwargs)
