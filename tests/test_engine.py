@@ -37,16 +37,21 @@ def test_launch_forms_train_one_epoch(tiny_data, tmp_path, form):
         assert isinstance(metrics[0][key], float)
 
 
-@pytest.mark.parametrize('cfg, tolerance', [(AMIXER, 1e-5), (ACMIX, 1e-4)])
-def test_batch_splits_give_the_same_weights(tiny_data, tmp_path, cfg, tolerance):
-    """10 optimizer steps of a global batch of 16: one process, accumulation, and two ranks agree."""
-    launch(train_args(cfg, tiny_data, tmp_path / 'a', batch=16))
-    launch(train_args(cfg, tiny_data, tmp_path / 'b', batch=8, flags=['--accumulation-steps', '2']))
-    launch(train_args(cfg, tiny_data, tmp_path / 'c', batch=8), nproc=2, launcher='torchrun')
+@pytest.mark.parametrize('cfg, optimizer', [(AMIXER, 'adamw'), (ACMIX, 'sgd')])
+def test_batch_splits_give_the_same_weights(tiny_data, tmp_path, cfg, optimizer):
+    """10 optimizer steps of a global batch of 16: one process, accumulation, and two ranks agree.
+
+    ACmix is checked with SGD: its `fc.bias` gets nearly cancelling gradients whose rounding AdamW's
+    normalisation turns into whole learning-rate steps (measured here: 6e-4 apart after 10 AdamW steps at
+    lr 1e-3, all of it in `fc.bias` and the `dep_conv` it feeds), which would hide a real error."""
+    opts = ('TRAIN.OPTIMIZER.NAME', optimizer)
+    launch(train_args(cfg, tiny_data, tmp_path / 'a', *opts, batch=16))
+    launch(train_args(cfg, tiny_data, tmp_path / 'b', *opts, batch=8, flags=['--accumulation-steps', '2']))
+    launch(train_args(cfg, tiny_data, tmp_path / 'c', *opts, batch=8), nproc=2, launcher='torchrun')
     a, b, c = (final_checkpoint(tmp_path / x, 0, cfg) for x in 'abc')
     assert a['step'] == b['step'] == c['step'] == 10
-    assert max_diff(a['model'], b['model']) <= tolerance
-    assert max_diff(a['model'], c['model']) <= tolerance
+    assert max_diff(a['model'], b['model']) <= 1e-5
+    assert max_diff(a['model'], c['model']) <= 1e-5
 
 
 def test_auto_resume_is_exact(tiny_data, tmp_path):
