@@ -25,6 +25,7 @@ from data import BadImageTracker, DataError, build_loader
 from logger import create_logger
 from lr_scheduler import build_scheduler
 from models import build_model
+from models.amixer import convert_reference_state_dict
 from optimizer import build_optimizer
 from utils import (AverageMeter, StopRequest, UserError, all_reduce_sum, checkpoint_name, find_resume_checkpoint,
                    get_rng_state, init_distributed, load_checkpoint, load_model_state, prune_checkpoints,
@@ -197,6 +198,9 @@ class Trainer:
     def load_pretrained(self, path):
         ckpt = load_checkpoint(path)
         state = ckpt.get('model', ckpt)
+        if any('.spatial_mixer.' in k or '.spatil_mlp.' in k for k in state):  # the official AMixer code's
+            state = convert_reference_state_dict(state)
+            self.logger.info(f'{path}: converted from the reference AMixer layout')
         own = self.model.state_dict()
         head = [k for k in state if k.startswith('head.') and k in own and state[k].shape != own[k].shape]
         if head:  # fine-tuning on another class count: start the head afresh

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from tests.helpers import ACMIX, AMIXER, final_checkpoint, launch, run_dir, train_args
+from tests.helpers import ACMIX, AMIXER, ROOT, final_checkpoint, launch, run_dir, train_args
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -109,3 +109,30 @@ def test_bad_input_gives_clear_error(tiny_data, tmp_path, case):
     assert result.returncode != 0
     assert expected in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('golden, model_type', [('amixer_swin_small_geometry', 'amixer_swin'),
+                                                ('swin_small_geometry', 'swin')])
+def test_eval_of_reference_weights_with_pretrained(tiny_data, tmp_path, golden, model_type):
+    """--pretrained takes a reference checkpoint as it is: Swin's released layout directly, the official
+    AMixer code's layout through the key conversion (tests/test_models.py checks the logits they give)."""
+    reference = torch.load(os.path.join(ROOT, 'tests', 'data', 'golden', f'{golden}.pt'), weights_only=True)
+    kwargs = reference['reference_kwargs']
+    windows = kwargs['window_size'] if isinstance(kwargs['window_size'], list) else []
+    (tmp_path / 'model.yaml').write_text(f'''
+DATA: {{IMG_SIZE: {kwargs["img_size"]}}}
+MODEL:
+  TYPE: {model_type}
+  NAME: reference
+  NUM_CLASSES: {kwargs["num_classes"]}
+  SWIN: {{PATCH_SIZE: {kwargs["patch_size"]}, EMBED_DIM: {kwargs["embed_dim"]}, DEPTHS: {kwargs["depths"]},
+         NUM_HEADS: {kwargs["num_heads"]}, WINDOW_SIZE: {windows[0] if windows else kwargs["window_size"]},
+         STAGE_WINDOW_SIZES: {windows}, MLP_RATIO: {float(kwargs["mlp_ratio"])}}}
+''')
+    torch.save({'model': reference['state_dict']}, tmp_path / 'reference.pth')
+    result = launch(['--cfg', str(tmp_path / 'model.yaml'), '--data-path', tiny_data, '--eval',
+                     '--pretrained', str(tmp_path / 'reference.pth'), '--output', str(tmp_path),
+                     '--opts', 'DATA.NUM_WORKERS', '0'])
+    assert ('converted from the reference AMixer layout' in result.stdout) == (model_type == 'amixer_swin')
+    val = json.loads(result.stdout.split('eval model:', 1)[1].splitlines()[0])
+    assert val['count'] == 33
