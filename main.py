@@ -163,6 +163,8 @@ class Trainer:
         """Resume (explicit or newest checkpoint in the output folder), else load pretrained weights.
         Returns the (epoch, optimizer step) to start from."""
         config = self.config
+        if config.EVAL_MODE and not (config.MODEL.RESUME or config.MODEL.PRETRAINED):
+            raise UserError('--eval needs the weights to evaluate: --resume CHECKPOINT or --pretrained WEIGHTS')
         found = None
         if config.MODEL.RESUME:
             found = config.MODEL.RESUME, load_checkpoint(config.MODEL.RESUME)
