@@ -36,18 +36,32 @@ class ACmixAttention(WindowAttention):
 
     def forward(self, x: Tensor, mask: Tensor | None, ape: Tensor | None = None) -> Tensor:
         """`ape` is unused: ACmix has no policy to position-embed."""
-        qkv = self.qkv(x)
-        attention = self.proj(self.attend(qkv, mask))
-        return self.proj_drop(self.rate1 * attention + self.rate2 * self.convolve(qkv))
+        B, H, W, C = x.shape
+        heads, head_dim = self.num_heads, C // self.num_heads
 
-    def convolve(self, qkv: Tensor) -> Tensor:
-        """(B, H, W, 3C) projections -> (B, H, W, C) convolution path."""
-        B, H, W, C3 = qkv.shape
-        parts = self.fc.in_channels  # q, k and v of every head
-        features = qkv.view(B, H, W, parts, C3 // parts).transpose(-1, -2)  # B, H, W, head_dim, 3*heads
-        # the reference's 1x1 conv over the parts, as a linear; channel (d, tap) becomes d * 9 + tap
-        taps = F.linear(features, self.fc.weight.view(9, parts), self.fc.bias).flatten(3)  # B, H, W, 9*head_dim
-        return self.dep_conv(taps.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        def head_channel_major(t: Tensor | None) -> Tensor | None:
+            """qkv's weight or bias, its output rows reordered from (3 * heads, head_dim) to (head_dim, 3 * heads)."""
+            return None if t is None else t.unflatten(0, (3 * heads, head_dim)).transpose(0, 1).flatten(0, 1)
+
+        # The projections come out head-channel-major, so that the convolution path's linear reads them in
+        # place; attention gathers its windows from any layout.
+        qkv = F.linear(x, head_channel_major(self.qkv.weight), head_channel_major(self.qkv.bias))
+        qkv = qkv.unflatten(-1, (head_dim, 3 * heads))
+        attention = self.attend(qkv.unflatten(-1, (3, heads)).permute(0, 1, 2, 4, 5, 3), mask)
+        # rate1 * proj(attention) + rate2 * convolution in two steps: the rates scale the (small) weights,
+        # the convolution adds proj's bias, and proj's matmul accumulates onto the convolution
+        convolution = self.convolve(qkv, self.rate2 * self.dep_conv.weight, self.rate1 * self.proj.bias)
+        out = torch.addmm(convolution.reshape(-1, C), attention.view(-1, C), (self.rate1 * self.proj.weight).t())
+        return self.proj_drop(out.view(B, H, W, C))
+
+    def convolve(self, qkv: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """(B, H, W, head_dim, 3 * heads) projections -> (B, H, W, C) group convolution of their taps."""
+        # the reference's 1x1 conv over the parts (q, k and v of every head), as a linear; channel
+        # (d, tap) of the taps is d * 9 + tap
+        taps = F.linear(qkv, self.fc.weight.flatten(1), self.fc.bias).flatten(3)  # B, H, W, 9 * head_dim
+        # channels-last in and out: no copies, and oneDNN's fast grouped kernels
+        out = F.conv2d(taps.permute(0, 3, 1, 2), weight, bias, padding=1, groups=self.dep_conv.groups)
+        return out.permute(0, 2, 3, 1)
 
 
 def acmix_swin(*, qkv_bias: bool = True, qk_scale: float | None = None, drop_rate: float = 0.,

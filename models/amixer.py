@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .swin import SwinTransformer, relative_position_index, window_partition, window_reverse
+from .swin import SwinTransformer, gather_relative, relative_position_index
 
 # Options of the reference classes that exist here only with their published value ...
 PUBLISHED_OPTIONS = {'ada': True, 'mode': 'linear-softmax', 'pre_proj': True, 'post_proj': True, 'relative': True}
@@ -43,21 +43,32 @@ class AdaptiveWeightMixing(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None, ape: Tensor | None) -> Tensor:
         B, H, W, C = x.shape
-        heads, N = self.num_heads, self.window_size ** 2
-        windows = window_partition(x, self.window_size)  # B*nW, N, C
-        policy = self.adapter(windows if ape is None else windows + ape).view(-1, N, self.num_banks, heads)
-        banks = self.weight_bank[:, self.relative_position_index]  # banks, N (source), N (target)
-        # logits[b, h, target, source]: the source token's policy weighs the banks
-        logits = torch.einsum('bskh,kst->bhts', policy, banks)
+        w, heads, banks = self.window_size, self.num_heads, self.num_banks
+        N, head_dim = w * w, C // heads
+
+        def by_window(t: Tensor) -> Tensor:  # (B, H, W, K) -> (B, window row, row, window column, column, K)
+            return t.view(B, H // w, w, W // w, w, -1)
+
+        # The linears run on the map; one copy each then takes their outputs to the layouts the matmuls need.
+        adapter_input = x
+        if ape is not None:  # the policy position embedding: one vector per position in a window
+            adapter_input = (by_window(x) + ape.view(w, 1, w, C)).view(B, H, W, C)
+        policy = by_window(self.adapter(adapter_input)).unflatten(-1, (banks, heads))
+        # logits[source, (b, window, head), target]: the source token's policy weighs the banks. The source
+        # token is in both factors, so it is the batch of one matmul over the banks, which writes the
+        # logits source-major, as the softmax over sources wants them.
+        policy = policy.permute(2, 4, 0, 1, 3, 6, 5).reshape(N, -1, banks)
+        bank_logits = gather_relative(self.weight_bank.t(), self.relative_position_index)  # source, target, banks
+        logits = torch.bmm(policy, bank_logits.transpose(1, 2))
         if mask is not None:
-            # the reference adds the transposed Swin mask to its (source, target) logits: in this
-            # (target, source) layout, that is the Swin mask itself
-            num_windows = mask.shape[0]
-            logits = (logits.view(-1, num_windows, heads, N, N) + mask.unsqueeze(1)).view(-1, heads, N, N)
-        weights = logits.softmax(dim=-1)  # normalised over source tokens
-        values = self.pre_proj(windows).view(-1, N, heads, C // heads).transpose(1, 2)
-        mixed = (weights @ values).transpose(1, 2).reshape(-1, N, C)
-        return window_reverse(self.post_proj(mixed), self.window_size, H, W)
+            # the reference adds the transposed Swin mask, mask[window, target, source], to its logits
+            logits.view(N, -1, mask.shape[0], heads, N).add_(mask.permute(2, 0, 1)[:, None, :, None, :])
+        weights = logits.softmax(dim=0).transpose(0, 1)  # (b, window, head), source, target
+        values = by_window(self.pre_proj(x)).unflatten(-1, (heads, head_dim))
+        values = values.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, N, head_dim)  # (b, window, head), source, head_dim
+        mixed = torch.bmm(values.transpose(1, 2), weights)  # (b, window, head), head_dim, target
+        mixed = mixed.view(B, H // w, W // w, heads, head_dim, w, w).permute(0, 1, 5, 2, 6, 3, 4)
+        return self.post_proj(mixed.reshape(B, H, W, C))
 
 
 def amixer_swin(*, k: float = 1.5, policy_ape: bool = True, init_values: float = 1e-3, adapter_reduction: int = 4,

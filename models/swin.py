@@ -3,7 +3,7 @@
 Tokens stay in a (B, H, W, C) map from the patch embedding to the pooling. Module, parameter and buffer
 names follow the released Swin checkpoints (which ACmix's share), so those load as they are.
 
-Also here: the window helpers every mixer uses, and Swin's own mixer, window attention with a
+Also here: the window helpers the mixers share, and Swin's own mixer, window attention with a
 relative position bias.
 """
 from __future__ import annotations
@@ -42,19 +42,22 @@ def relative_position_index(window_size: int) -> Tensor:
     return offsets[0] * (2 * w - 1) + offsets[1]
 
 
-def window_partition(x: Tensor, window_size: int) -> Tensor:
-    """(B, H, W, C) -> (B * num_windows, window_size**2, C); windows and their tokens in row-major order."""
+def gather_relative(table: Tensor, index: Tensor) -> Tensor:
+    """table[index] of a (offsets, K) table and an (N, N) index: (N, N, K).
+
+    As index_select, whose backward (index_add) is much faster on CPU than indexing's (index_put).
+    """
+    return table.index_select(0, index.flatten()).unflatten(0, index.shape)
+
+
+def cyclic_shift(x: Tensor, shift: int) -> Tensor:
+    """torch.roll(x, (shift, shift), dims=(1, 2)) of a (B, H, W, C) map, as one gather of its tokens.
+
+    (torch.roll copies once per dimension, through a slow path on CPU.)
+    """
     B, H, W, C = x.shape
-    w = window_size
-    x = x.reshape(B, H // w, w, W // w, w, C).transpose(2, 3)
-    return x.reshape(-1, w * w, C)
-
-
-def window_reverse(windows: Tensor, window_size: int, H: int, W: int) -> Tensor:
-    """Inverse of window_partition: (B * num_windows, window_size**2, C) -> (B, H, W, C)."""
-    w = window_size
-    x = windows.reshape(-1, H // w, W // w, w, w, windows.shape[-1]).transpose(2, 3)
-    return x.reshape(-1, H, W, windows.shape[-1])
+    order = torch.arange(H * W, device=x.device).view(H, W).roll((shift, shift), dims=(0, 1)).flatten()
+    return x.reshape(B, H * W, C).index_select(1, order).view(B, H, W, C)
 
 
 def shifted_window_mask(size: int, window_size: int, shift_size: int) -> Tensor:
@@ -64,11 +67,11 @@ def shifted_window_mask(size: int, window_size: int, shift_size: int) -> Tensor:
     neighbours; a token attends only within its own region (-100 elsewhere, as the references use).
     """
     w, s = window_size, shift_size
-    region = torch.zeros(1, size, size, 1)
+    region = torch.zeros(size, size)
     bands = (slice(0, -w), slice(-w, -s), slice(-s, None))
     for label, (rows, cols) in enumerate(itertools.product(bands, bands)):
-        region[:, rows, cols] = label
-    region = window_partition(region, w).squeeze(-1)  # num_windows, N
+        region[rows, cols] = label
+    region = region.view(size // w, w, size // w, w).transpose(1, 2).reshape(-1, w * w)  # num_windows, N (row-major)
     different = region[:, None, :] != region[:, :, None]
     return torch.zeros(different.shape).masked_fill(different, -100.0)
 
@@ -95,22 +98,33 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None, ape: Tensor | None = None) -> Tensor:
         """`ape` is unused: attention has no policy to position-embed."""
-        return self.proj_drop(self.proj(self.attend(self.qkv(x), mask)))
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, -1))
+        return self.proj_drop(self.proj(self.attend(qkv, mask)))
 
     def attend(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
-        """(B, H, W, 3C) query/key/value map -> (B, H, W, C) attention output, heads concatenated."""
-        B, H, W, C3 = qkv.shape
-        w, heads = self.window_size, self.num_heads
-        N = w * w
-        windows = window_partition(qkv, w)  # B*nW, N, 3C
-        q, k, v = windows.reshape(-1, N, 3, heads, C3 // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1).unsqueeze(0)
+        """(B, H, W, 3, heads, head_dim) queries, keys and values, in any memory layout -> (B, H, W, C)
+        attention output, heads concatenated."""
+        B, H, W, _, heads, head_dim = qkv.shape
+        w = self.window_size
+        bias = gather_relative(self.relative_position_bias_table, self.relative_position_index).permute(2, 0, 1)
         if mask is not None:
-            # windows are batch-major, so the (nW, heads, N, N) bias repeats once per image
-            bias = (bias + mask.unsqueeze(1)).repeat(B, 1, 1, 1)
-        # (a 4-D bias, also unmasked, lets SDPA take its fused CPU kernel)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
-        return window_reverse(out.transpose(1, 2).reshape(-1, N, C3 // 3), w, H, W)
+            # an image's windows join the heads, so that the (nW * heads, N, N) bias broadcasts over the batch
+            bias = (mask.unsqueeze(1) + bias).flatten(0, 1)
+        # one copy takes the map to q, k and v in (image, window, head, token) order, viewed as (B, nW * heads,
+        # N, head_dim) for the masked bias and as (B * nW, heads, N, head_dim) for the bias alone
+        windows = qkv.unflatten(1, (H // w, w)).unflatten(3, (W // w, w)).permute(5, 0, 1, 3, 6, 2, 4, 7)
+        q, k, v = windows.reshape(3, -1, bias.shape[0], w * w, head_dim).unbind(0)
+        bias = bias.unsqueeze(0)
+        if bias.requires_grad:
+            # SDPA's fused CPU kernel gives no gradient for its mask, and its fallback spends extra passes
+            # over the attention matrix: plain matmuls and softmax are faster while the bias trains
+            attn = torch.matmul(q, k.transpose(-2, -1)).mul_(self.scale).add_(bias)
+            out = attn.softmax(dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+        # ... and one copy takes the output back to the map
+        out = out.view(B, H // w, W // w, heads, w, w, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
+        return out.reshape(B, H, W, heads * head_dim)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -187,10 +201,14 @@ class SwinBlock(nn.Module):
         self.register_buffer('attn_mask', mask, persistent=settings.store_mask)
 
     def forward(self, x: Tensor, ape: Tensor | None = None) -> Tensor:
-        y = self.mix_tokens(self.norm1(x), ape)
-        x = x + self.drop_path(y if self.gamma1 is None else self.gamma1 * y)
-        y = self.mlp(self.norm2(x))
-        return x + self.drop_path(y if self.gamma2 is None else self.gamma2 * y)
+        x = self.add_residual(x, self.mix_tokens(self.norm1(x), ape), self.gamma1)
+        return self.add_residual(x, self.mlp(self.norm2(x)), self.gamma2)
+
+    def add_residual(self, x: Tensor, y: Tensor, gamma: Tensor | None) -> Tensor:
+        """x + drop_path(gamma * y), the layer scale in the same pass as the sum (drop path scales whole
+        samples, so it commutes with gamma)."""
+        y = self.drop_path(y)
+        return x + y if gamma is None else torch.addcmul(x, gamma, y)
 
     def mix_tokens(self, x: Tensor, ape: Tensor | None) -> Tensor:
         B, H, W, C = x.shape
@@ -199,10 +217,10 @@ class SwinBlock(nn.Module):
         if pad:
             x = F.pad(x, (0, 0, 0, pad, 0, pad))
         if s:
-            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+            x = cyclic_shift(x, -s)
         x = self.attn(x, self.attn_mask, ape)
         if s:
-            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
+            x = cyclic_shift(x, s)
         return x[:, :H, :W].contiguous() if pad else x
 
 

@@ -255,3 +255,23 @@ def test_demo_configs_train(name):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Throughput benchmark
+# ----------------------------------------------------------------------------------------------------
+
+def test_benchmark_reports_models_next_to_their_peers(tmp_path):
+    acmix, amixer = 'configs/demo/acmix_swin_demo.yaml', 'configs/demo/amixer_swin_demo.yaml'
+    result = run_tool('tools/benchmark.py', f'{acmix}:{amixer}', amixer, '--device', 'cpu', '--infer-batch', '2',
+                      '--train-batch', '2', '--warmup', '0', '--rounds', '1', '--json', str(tmp_path / 'bench.json'))
+    assert result.returncode == 0, result.stderr
+    assert '| model | peer | inference img/s |' in result.stdout
+    assert f'| {acmix} | {amixer} |' in result.stdout and f'| {amixer} | - |' in result.stdout
+    report = json.loads((tmp_path / 'bench.json').read_text())
+    assert report['settings']['infer_batch'] == report['settings']['train_batch'] == 2
+    paired, alone = report['results']
+    for mode in ('inference', 'training'):
+        assert paired[f'{mode}_images_s'] > 0 and paired[f'peer_{mode}_images_s'] > 0
+        assert paired[f'{mode}_ratio'] == pytest.approx(paired[f'{mode}_images_s'] / paired[f'peer_{mode}_images_s'])
+        assert alone[f'{mode}_images_s'] > 0 and alone[f'{mode}_ratio'] is None

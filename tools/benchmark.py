@@ -1,0 +1,191 @@
+"""Inference and training throughput of models next to their peers, measured side by side.
+
+    python tools/benchmark.py --threads 2 --json benchmark.json \
+        acmix_swin_tiny_patch4_window7_224:swin_tiny_patch4_window7_224 \
+        amixer_t:swin_tiny_patch4_window7_224 amixer_deit_s:deit_small_patch16_224 \
+        configs/swin_tiny_patch4_window7_224.yaml:swin_tiny_patch4_window7_224
+
+Each PAIR is MODEL:PEER, or a MODEL alone; a model is a timm name (this project's ACmix and AMixer
+names included) or a config yaml. A pair's two models are built together and timed in turn, one batch
+each, round after round, so that a busy machine slows both alike; a speed is the median over the
+rounds after the warm-up ones, and the ratio is the model's over its peer's. The next pair is built
+once the last is freed. A training step is forward, cross-entropy, backward and an AdamW step.
+Results print as a markdown table; --json writes them too.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from config import get_default_config, merge_yaml  # noqa: E402
+from models import build_model  # noqa: E402 (the import registers the ACmix and AMixer names with timm)
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+MODES = ('inference', 'training')
+
+
+def create(spec: str) -> nn.Module:
+    """The model a spec names: a config yaml, or a timm model name."""
+    if spec.endswith('.yaml'):
+        config = get_default_config()
+        merge_yaml(config, spec)
+        return build_model(config)
+    return timm.create_model(spec)
+
+
+def image_shape(model: nn.Module) -> tuple[int, ...]:
+    """(C, H, W) of one input image: timm's pretrained config, or the img_size this project's models keep."""
+    if getattr(model, 'pretrained_cfg', None):
+        return tuple(model.pretrained_cfg['input_size'])
+    return model.patch_embed.proj.in_channels, model.img_size, model.img_size
+
+
+def machine(device: torch.device) -> str:
+    """The processor (CPU model name and thread count) or GPU that runs the models."""
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration), open('/proc/cpuinfo') as f:
+        name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    return f'{name}, {torch.get_num_threads()} threads'
+
+
+class Runner:
+    """One model with its batches and optimizer; runs one inference or training step at a time."""
+
+    def __init__(self, spec: str, args: argparse.Namespace):
+        self.device = torch.device(args.device)
+        self.dtype = DTYPES[args.dtype]
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.model = create(spec).to(self.device, memory_format=memory_format)
+        self.forward = torch.compile(self.model) if args.compile else self.model
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
+        shape = image_shape(self.model)
+
+        def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+            images = torch.randn(size, *shape, device=self.device).contiguous(memory_format=memory_format)
+            return images, torch.randint(self.model.num_classes, (size,), device=self.device)
+
+        self.batches = {'inference': batch(args.infer_batch), 'training': batch(args.train_batch)}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def images_per_second(self, mode: str) -> float:
+        """Time one step of `mode` (inference or training)."""
+        images, labels = self.batches[mode]
+        self.model.train(mode == 'training')
+        self.synchronize()
+        start = time.perf_counter()
+        if mode == 'inference':
+            with torch.no_grad(), self.autocast():
+                self.forward(images)
+        else:
+            with self.autocast():
+                loss = F.cross_entropy(self.forward(images), labels)
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.synchronize()
+        return len(images) / (time.perf_counter() - start)
+
+    def synchronize(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+
+def measure(specs: list[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """{mode: {spec: median images/s}} of models built together and timed in turn, round after round."""
+    runners = {spec: Runner(spec, args) for spec in specs}
+    speeds = {}
+    for mode in MODES[:1] if args.skip_training else MODES:
+        samples = {spec: [] for spec in runners}
+        for _ in range(args.warmup):
+            for runner in runners.values():
+                runner.images_per_second(mode)
+        for _ in range(args.rounds):
+            for spec, runner in runners.items():
+                samples[spec].append(runner.images_per_second(mode))
+        speeds[mode] = {spec: statistics.median(values) for spec, values in samples.items()}
+    return speeds
+
+
+def compare(model: str, peer: str | None, args: argparse.Namespace) -> dict:
+    """One result: the model's and its peer's images/s in each mode, and the model's ratio to its peer."""
+    speeds = measure([model] if peer is None else [model, peer], args)
+    result = {'model': model, 'peer': peer}
+    for mode in MODES:
+        ours, theirs = speeds.get(mode, {}).get(model), speeds.get(mode, {}).get(peer)
+        result[f'{mode}_images_s'], result[f'peer_{mode}_images_s'] = ours, theirs
+        result[f'{mode}_ratio'] = ours / theirs if ours and theirs else None
+    return result
+
+
+def markdown_table(results: list[dict]) -> str:
+    def cell(value: float | None, suffix: str = '') -> str:
+        return '-' if value is None else f'{value:.2f}{suffix}'
+
+    lines = ['| model | peer | inference img/s | peer | ratio | training img/s | peer | ratio |',
+             '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for r in results:
+        cells = [r['model'], r['peer'] or '-']
+        for mode in MODES:
+            cells += [cell(r[f'{mode}_images_s']), cell(r[f'peer_{mode}_images_s']), cell(r[f'{mode}_ratio'], 'x')]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('pairs', nargs='+', metavar='PAIR', help='MODEL:PEER or MODEL (timm name or config yaml)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, help="CPU threads (default: torch's choice)")
+    parser.add_argument('--infer-batch', type=int, default=16, help='inference batch size (default 16)')
+    parser.add_argument('--train-batch', type=int, default=8, help='training batch size (default 8)')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed rounds first (default 3)')
+    parser.add_argument('--rounds', type=int, default=5, help='timed rounds (default 5)')
+    parser.add_argument('--dtype', choices=DTYPES, default='float32',
+                        help='float32, or the autocast dtype of mixed precision (default float32)')
+    parser.add_argument('--channels-last', action='store_true', help='models and images in channels-last layout')
+    parser.add_argument('--compile', action='store_true', help='run the models through torch.compile')
+    parser.add_argument('--skip-training', action='store_true', help='measure inference only')
+    parser.add_argument('--json', metavar='FILE', help='also write the settings and results to FILE')
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    results = [compare(*pair.split(':', 1), args) if ':' in pair else compare(pair, None, args)
+               for pair in args.pairs]
+
+    settings = {'machine': machine(torch.device(args.device)), 'device': args.device, 'torch': torch.__version__,
+                'timm': timm.__version__, 'dtype': args.dtype, 'channels_last': args.channels_last,
+                'compile': args.compile, 'infer_batch': args.infer_batch, 'train_batch': args.train_batch,
+                'warmup': args.warmup, 'rounds': args.rounds}
+    options = [args.dtype] + ['channels-last'] * args.channels_last + ['torch.compile'] * args.compile
+    print(f"{settings['machine']}; torch {torch.__version__}, timm {timm.__version__}; {', '.join(options)}; "
+          f'inference batch {args.infer_batch}, training batch {args.train_batch}; '
+          f'medians of {args.rounds} alternating rounds after {args.warmup} warm-up rounds\n')
+    print(markdown_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({'settings': settings, 'results': results}, indent=1) + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
