@@ -1,4 +1,5 @@
 """Distributed setup, RNG state, checkpoints and small helpers used by main.py."""
+import ctypes
 import os
 import random
 import re
@@ -192,6 +193,22 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str) -> None:
 
 def weights_are_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point())
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse and serve blocks up to 32 MB from its heap; True if it took.
+
+    On CPU every tensor comes from malloc. By default glibc maps large blocks afresh and returns freed memory
+    to the system, so each training step pays page faults for its activations until glibc's adaptive
+    thresholds have grown, which takes many steps; this sets the state they grow to from the start.
+    A no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, from glibc's malloc.h
+    return bool(libc.mallopt(m_trim_threshold, 1 << 30) and libc.mallopt(m_mmap_threshold, 32 << 20))
 
 
 class AverageMeter:

@@ -32,6 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from config import get_default_config, merge_yaml  # noqa: E402
 from models import build_model  # noqa: E402 (the import registers the ACmix and AMixer names with timm)
+from utils import keep_freed_memory  # noqa: E402
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 MODES = ('inference', 'training')
@@ -168,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # main.py trains on CPU with this malloc setting; without it, glibc takes many steps to reach it, and a
+    # model measured early in the process ran up to 10% slower than the same model measured later
+    malloc_kept = args.device == 'cpu' and keep_freed_memory()
 
     torch.manual_seed(0)
     results = [compare(*pair.split(':', 1), args) if ':' in pair else compare(pair, None, args)
@@ -176,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = {'machine': machine(torch.device(args.device)), 'device': args.device, 'torch': torch.__version__,
                 'timm': timm.__version__, 'dtype': args.dtype, 'channels_last': args.channels_last,
                 'compile': args.compile, 'infer_batch': args.infer_batch, 'train_batch': args.train_batch,
-                'warmup': args.warmup, 'rounds': args.rounds}
-    options = [args.dtype] + ['channels-last'] * args.channels_last + ['torch.compile'] * args.compile
+                'warmup': args.warmup, 'rounds': args.rounds, 'malloc_keeps_freed_memory': malloc_kept}
+    options = ([args.dtype] + ['channels-last'] * args.channels_last + ['torch.compile'] * args.compile
+               + ['malloc keeps freed memory'] * malloc_kept)
     print(f"{settings['machine']}; torch {torch.__version__}, timm {timm.__version__}; {', '.join(options)}; "
           f'inference batch {args.infer_batch}, training batch {args.train_batch}; '
           f'medians of {args.rounds} alternating rounds after {args.warmup} warm-up rounds\n')
