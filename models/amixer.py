@@ -26,6 +26,36 @@ REFERENCE_OPTION_DEFAULTS = {
 }
 
 
+class SourceSoftmaxMix(torch.autograd.Function):
+    """mixed[b, :, t] = sum over sources s of softmax_s(logits)[s, b, t] * values[b, s, :], where
+    logits[s, b, t] = policy[s, b] . bank[s, t] (+ the mask, which repeats every mask.shape[2] of b).
+
+    The source token is in both factors of the logits, so it is the batch of one matmul over the banks,
+    which writes them source-major, as the softmax over sources wants them. Autograd's own backward of
+    these ops would copy the weights' gradient once more (the mixing matmul gives it batch-major); this
+    one has the matmul write it source-major.
+    """
+
+    @staticmethod
+    def forward(ctx, policy: Tensor, bank: Tensor, mask: Tensor | None, values: Tensor) -> Tensor:
+        # policy (S, b, banks), bank (S, T, banks), mask (S, 1, m, T) or None, values (b, S, d) -> (b, d, T)
+        logits = torch.bmm(policy, bank.transpose(1, 2))
+        if mask is not None:
+            logits.view(*mask.shape[:1], -1, *mask.shape[2:]).add_(mask)
+        weights = logits.softmax(dim=0)
+        ctx.save_for_backward(policy, bank, values, weights)
+        return torch.bmm(values.transpose(1, 2), weights.transpose(0, 1))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, Tensor]:
+        policy, bank, values, weights = ctx.saved_tensors
+        grad_values = torch.bmm(weights.transpose(0, 1), grad.transpose(1, 2))
+        grad_weights = torch.empty_like(weights)
+        torch.bmm(values, grad, out=grad_weights.transpose(0, 1))
+        grad_logits = torch._softmax_backward_data(grad_weights, weights, 0, weights.dtype)
+        return torch.bmm(grad_logits, bank), torch.bmm(grad_logits.transpose(1, 2), policy), None, grad_values
+
+
 class AdaptiveWeightMixing(nn.Module):
     """Per-window token mixing with weights that each source token chooses from a bank."""
 
@@ -54,19 +84,15 @@ class AdaptiveWeightMixing(nn.Module):
         if ape is not None:  # the policy position embedding: one vector per position in a window
             adapter_input = (by_window(x) + ape.view(w, 1, w, C)).view(B, H, W, C)
         policy = by_window(self.adapter(adapter_input)).unflatten(-1, (banks, heads))
-        # logits[source, (b, window, head), target]: the source token's policy weighs the banks. The source
-        # token is in both factors, so it is the batch of one matmul over the banks, which writes the
-        # logits source-major, as the softmax over sources wants them.
-        policy = policy.permute(2, 4, 0, 1, 3, 6, 5).reshape(N, -1, banks)
+        policy = policy.permute(2, 4, 0, 1, 3, 6, 5).reshape(N, -1, banks)  # source, (b, window, head), banks
         bank_logits = gather_relative(self.weight_bank.t(), self.relative_position_index)  # source, target, banks
-        logits = torch.bmm(policy, bank_logits.transpose(1, 2))
         if mask is not None:
             # the reference adds the transposed Swin mask, mask[window, target, source], to its logits
-            logits.view(N, -1, mask.shape[0], heads, N).add_(mask.permute(2, 0, 1)[:, None, :, None, :])
-        weights = logits.softmax(dim=0).transpose(0, 1)  # (b, window, head), source, target
+            # (source, 1, (window, head), target): it broadcasts over the images of the batch
+            mask = mask.permute(2, 0, 1)[:, :, None, :].expand(N, -1, heads, N).reshape(N, 1, -1, N)
         values = by_window(self.pre_proj(x)).unflatten(-1, (heads, head_dim))
         values = values.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, N, head_dim)  # (b, window, head), source, head_dim
-        mixed = torch.bmm(values.transpose(1, 2), weights)  # (b, window, head), head_dim, target
+        mixed = SourceSoftmaxMix.apply(policy, bank_logits, mask, values)  # (b, window, head), head_dim, target
         mixed = mixed.view(B, H // w, W // w, heads, head_dim, w, w).permute(0, 1, 5, 2, 6, 3, 4)
         return self.post_proj(mixed.reshape(B, H, W, C))
 

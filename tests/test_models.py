@@ -15,7 +15,7 @@ import torch
 from config import get_default_config, merge_yaml
 from models import build_model, from_reference
 from models.acmix import ACmixAttention
-from models.amixer import convert_reference_state_dict
+from models.amixer import SourceSoftmaxMix, convert_reference_state_dict
 from models.build import TIMM_MODELS
 from tools.check_golden import main as check_golden
 from tools.model_info import model_info
@@ -191,6 +191,25 @@ def test_gradient_checkpointing_recomputes_and_matches():
     assert len(calls) == 2  # forward, then again during backward
     for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops():
+    torch.manual_seed(0)
+    sources, windows, heads, banks, head_dim = 9, 2, 3, 4, 5
+    batch = 2 * windows * heads  # (image, window, head)
+    policy = torch.randn(sources, batch, banks, dtype=torch.float64, requires_grad=True)
+    bank = torch.randn(sources, sources, banks, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(batch, sources, head_dim, dtype=torch.float64, requires_grad=True)
+    mask = torch.randn(sources, 1, windows * heads, sources, dtype=torch.float64)
+    grad = torch.randn(batch, head_dim, sources, dtype=torch.float64)
+
+    mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
+    ours = torch.autograd.grad(mixed, (policy, bank, values), grad)
+    logits = torch.bmm(policy, bank.transpose(1, 2)) + mask.expand(-1, 2, -1, -1).reshape(sources, batch, sources)
+    plain = torch.bmm(values.transpose(1, 2), logits.softmax(dim=0).transpose(0, 1))
+    torch.testing.assert_close(mixed, plain)
+    for name, a, b in zip(('policy', 'bank', 'values'), ours, torch.autograd.grad(plain, (policy, bank, values), grad)):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 def test_no_weight_decay_names_exist():
