@@ -56,12 +56,23 @@ class ACmixAttention(WindowAttention):
 
     def convolve(self, qkv: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """(B, H, W, head_dim, 3 * heads) projections -> (B, H, W, C) group convolution of their taps."""
-        # the reference's 1x1 conv over the parts (q, k and v of every head), as a linear; channel
-        # (d, tap) of the taps is d * 9 + tap
-        taps = F.linear(qkv, self.fc.weight.flatten(1), self.fc.bias).flatten(3)  # B, H, W, 9 * head_dim
-        # channels-last in and out: no copies, and oneDNN's fast grouped kernels
-        out = F.conv2d(taps.permute(0, 3, 1, 2), weight, bias, padding=1, groups=self.dep_conv.groups)
-        return out.permute(0, 2, 3, 1)
+        fc_weight, fc_bias = self.fc.weight.flatten(1), self.fc.bias  # (9 taps, 3 * heads), (9,)
+        groups = self.dep_conv.groups
+        if qkv.shape[-1] > fc_weight.shape[0]:
+            # the reference's 1x1 conv over the parts (q, k and v of every head), as a linear; channel
+            # (d, tap) of the taps is d * 9 + tap
+            taps = F.linear(qkv, fc_weight, fc_bias).flatten(3)  # B, H, W, 9 * head_dim
+            # channels-last in and out: no copies, and oneDNN's fast grouped kernels
+            return F.conv2d(taps.permute(0, 3, 1, 2), weight, bias, padding=1, groups=groups).permute(0, 2, 3, 1)
+        # With at most 9 parts (3 heads or fewer), the fc folds into the convolution's weights at no extra
+        # cost and its passes over the map go. Its bias, though, reaches the output through the zero
+        # padding, so near the border it adds up over fewer kernel taps: a per-position bias map.
+        folded = torch.einsum('oiyx,ij->ojyx', weight, fc_weight)
+        out = F.conv2d(qkv.flatten(3).permute(0, 3, 1, 2), folded, padding=1, groups=groups).permute(0, 2, 3, 1)
+        bias_kernel = torch.einsum('oiyx,i->oyx', weight, fc_bias).unsqueeze(1)
+        ones = qkv.new_ones(1, 1, *qkv.shape[1:3])
+        bias_map = F.conv2d(ones, bias_kernel, bias, padding=1).permute(0, 2, 3, 1)
+        return out.add_(bias_map)
 
 
 def acmix_swin(*, qkv_bias: bool = True, qk_scale: float | None = None, drop_rate: float = 0.,

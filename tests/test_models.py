@@ -212,6 +212,29 @@ def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops():
         torch.testing.assert_close(a, b, msg=name)
 
 
+@pytest.mark.parametrize('heads', [2, 3, 4])  # 6 and 9 parts: the fc folds into the convolution; 12: it does not
+def test_acmix_convolution_path_equals_the_reference_formula(heads):
+    torch.manual_seed(0)
+    head_dim = 4
+    attn = ACmixAttention(heads * head_dim, heads, window_size=4).double()
+    with torch.no_grad():
+        for param in (attn.fc.weight, attn.fc.bias, attn.dep_conv.weight):
+            param.normal_()
+    qkv = torch.randn(2, 5, 6, head_dim, 3 * heads, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(heads * head_dim, dtype=torch.float64)
+    # the reference: a 1x1 conv over the parts of each head channel, then the group convolution, in NCHW
+    parts = qkv.permute(0, 3, 4, 1, 2).reshape(2 * head_dim, 3 * heads, 5, 6)
+    taps = torch.nn.functional.conv2d(parts, attn.fc.weight, attn.fc.bias).reshape(2, head_dim * 9, 5, 6)
+    expected = torch.nn.functional.conv2d(taps, attn.dep_conv.weight, bias, padding=1, groups=head_dim)
+    ours = attn.convolve(qkv, attn.dep_conv.weight, bias)
+    torch.testing.assert_close(ours, expected.permute(0, 2, 3, 1))
+    grad = torch.randn_like(ours)
+    params = (qkv, attn.fc.weight, attn.fc.bias, attn.dep_conv.weight)
+    for name, a, b in zip(('qkv', 'fc.weight', 'fc.bias', 'dep_conv.weight'), torch.autograd.grad(ours, params, grad),
+                          torch.autograd.grad(expected.permute(0, 2, 3, 1), params, grad)):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_no_weight_decay_names_exist():
     golden = load_golden(GOLDEN / 'swin_small_geometry.pt')
     swin = from_reference('swin', golden['reference_kwargs'])
