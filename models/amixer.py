@@ -28,7 +28,7 @@ REFERENCE_OPTION_DEFAULTS = {
 
 class SourceSoftmaxMix(torch.autograd.Function):
     """mixed[b, :, t] = sum over sources s of softmax_s(logits)[s, b, t] * values[b, s, :], where
-    logits[s, b, t] = policy[s, b] . bank[s, t] (+ the mask, which repeats every mask.shape[2] of b).
+    logits[s, b, t] = policy[s, b] . bank[s, t] (+ the mask, which repeats every prod(mask.shape[2:-1]) of b).
 
     The source token is in both factors of the logits, so it is the batch of one matmul over the banks,
     which writes them source-major, as the softmax over sources wants them. Autograd's own backward of
@@ -38,10 +38,10 @@ class SourceSoftmaxMix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, policy: Tensor, bank: Tensor, mask: Tensor | None, values: Tensor) -> Tensor:
-        # policy (S, b, banks), bank (S, T, banks), mask (S, 1, m, T) or None, values (b, S, d) -> (b, d, T)
+        # policy (S, b, banks), bank (S, T, banks), mask (S, 1, ..., T) or None, values (b, S, d) -> (b, d, T)
         logits = torch.bmm(policy, bank.transpose(1, 2))
         if mask is not None:
-            logits.view(*mask.shape[:1], -1, *mask.shape[2:]).add_(mask)
+            logits.view(mask.shape[0], -1, *mask.shape[2:]).add_(mask)
         weights = logits.softmax(dim=0)
         ctx.save_for_backward(policy, bank, values, weights)
         return torch.bmm(values.transpose(1, 2), weights.transpose(0, 1))
@@ -88,8 +88,8 @@ class AdaptiveWeightMixing(nn.Module):
         bank_logits = gather_relative(self.weight_bank.t(), self.relative_position_index)  # source, target, banks
         if mask is not None:
             # the reference adds the transposed Swin mask, mask[window, target, source], to its logits
-            # (source, 1, (window, head), target): it broadcasts over the images of the batch
-            mask = mask.permute(2, 0, 1)[:, :, None, :].expand(N, -1, heads, N).reshape(N, 1, -1, N)
+            # as (source, 1, window, head, target): a view that broadcasts over the images and the heads
+            mask = mask.permute(2, 0, 1)[:, None, :, None, :].expand(-1, -1, -1, heads, -1)
         values = by_window(self.pre_proj(x)).unflatten(-1, (heads, head_dim))
         values = values.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, N, head_dim)  # (b, window, head), source, head_dim
         mixed = SourceSoftmaxMix.apply(policy, bank_logits, mask, values)  # (b, window, head), head_dim, target
