@@ -1,4 +1,5 @@
 """Running main.py in tests as a user would, and reading what it wrote."""
+import json
 import os
 import socket
 import subprocess
@@ -49,3 +50,8 @@ def run_dir(output, cfg=AMIXER, tag='default'):
 
 def final_checkpoint(output, epoch, cfg=AMIXER):
     return torch.load(os.path.join(run_dir(output, cfg), f'ckpt_epoch_{epoch}.pth'), weights_only=True)
+
+
+def eval_result(stdout: str) -> dict:
+    """The metrics that `main.py --eval` logs as `eval model: {json}`."""
+    return json.loads(stdout.split('eval model:', 1)[1].splitlines()[0])

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from tests.helpers import ACMIX, AMIXER, ROOT, final_checkpoint, launch, run_dir, train_args
+from tests.helpers import ACMIX, AMIXER, ROOT, eval_result, final_checkpoint, launch, run_dir, train_args
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -77,8 +77,7 @@ def test_eval_reproduces_logged_accuracy_on_two_ranks(tiny_data, tmp_path):
     for nproc, launcher in ((1, 'python'), (2, 'torchrun')):
         result = launch(['--cfg', AMIXER, '--data-path', tiny_data, '--output', str(tmp_path / 'eval'), '--eval',
                          '--resume', ckpt, '--opts', 'DATA.NUM_WORKERS', '0'], nproc=nproc, launcher=launcher)
-        line = next(l for l in result.stdout.splitlines() if 'eval model:' in l)
-        val = json.loads(line.split('eval model:', 1)[1])
+        val = eval_result(result.stdout)
         assert val['count'] == 33
         assert val['acc1'] == pytest.approx(logged['val_acc1'], abs=1e-9)
         assert val['loss'] == pytest.approx(logged['val_loss'], rel=1e-5)
@@ -134,5 +133,5 @@ MODEL:
                      '--pretrained', str(tmp_path / 'reference.pth'), '--output', str(tmp_path),
                      '--opts', 'DATA.NUM_WORKERS', '0'])
     assert ('converted from the reference AMixer layout' in result.stdout) == (model_type == 'amixer_swin')
-    val = json.loads(result.stdout.split('eval model:', 1)[1].splitlines()[0])
+    val = eval_result(result.stdout)
     assert val['count'] == 33
