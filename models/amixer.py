@@ -27,32 +27,34 @@ REFERENCE_OPTION_DEFAULTS = {
 
 
 class SourceSoftmaxMix(torch.autograd.Function):
-    """mixed[b, :, t] = sum over sources s of softmax_s(logits)[s, b, t] * values[b, s, :], where
+    """mixed[b, t] = sum over sources s of softmax_s(logits)[s, b, t] * values[b, s], where
     logits[s, b, t] = policy[s, b] . bank[s, t] (+ the mask, which repeats every prod(mask.shape[2:-1]) of b).
 
     The source token is in both factors of the logits, so it is the batch of one matmul over the banks,
-    which writes them source-major, as the softmax over sources wants them. Autograd's own backward of
-    these ops would copy the weights' gradient once more (the mixing matmul gives it batch-major); this
-    one has the matmul write it source-major.
+    which writes them source-major, as the softmax over sources wants them. The backward differs from
+    autograd's in two ways: the mixing matmul writes the weights' gradient source-major (autograd's
+    would copy it), and the softmax's backward takes its per-target sum, sum_s weights * grad_weights,
+    as mixed . grad, a reduction over head_dim instead of over the sources.
     """
 
     @staticmethod
     def forward(ctx, policy: Tensor, bank: Tensor, mask: Tensor | None, values: Tensor) -> Tensor:
-        # policy (S, b, banks), bank (S, T, banks), mask (S, 1, ..., T) or None, values (b, S, d) -> (b, d, T)
+        # policy (S, b, banks), bank (S, T, banks), mask (S, 1, ..., T) or None, values (b, S, d) -> (b, T, d)
         logits = torch.bmm(policy, bank.transpose(1, 2))
         if mask is not None:
             logits.view(mask.shape[0], -1, *mask.shape[2:]).add_(mask)
         weights = logits.softmax(dim=0)
-        ctx.save_for_backward(policy, bank, values, weights)
-        return torch.bmm(values.transpose(1, 2), weights.transpose(0, 1))
+        mixed = torch.bmm(weights.permute(1, 2, 0), values)
+        ctx.save_for_backward(policy, bank, values, weights, mixed)
+        return mixed
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, Tensor]:
-        policy, bank, values, weights = ctx.saved_tensors
-        grad_values = torch.bmm(weights.transpose(0, 1), grad.transpose(1, 2))
-        grad_weights = torch.empty_like(weights)
-        torch.bmm(values, grad, out=grad_weights.transpose(0, 1))
-        grad_logits = torch._softmax_backward_data(grad_weights, weights, 0, weights.dtype)
+        policy, bank, values, weights, mixed = ctx.saved_tensors
+        grad_values = torch.bmm(weights.transpose(0, 1), grad)
+        grad_logits = torch.empty_like(weights)
+        torch.bmm(values, grad.transpose(1, 2), out=grad_logits.transpose(0, 1))  # the weights' gradient
+        grad_logits.sub_(torch.linalg.vecdot(mixed, grad)).mul_(weights)
         return torch.bmm(grad_logits, bank), torch.bmm(grad_logits.transpose(1, 2), policy), None, grad_values
 
 
@@ -92,8 +94,8 @@ class AdaptiveWeightMixing(nn.Module):
             mask = mask.permute(2, 0, 1)[:, None, :, None, :].expand(-1, -1, -1, heads, -1)
         values = by_window(self.pre_proj(x)).unflatten(-1, (heads, head_dim))
         values = values.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, N, head_dim)  # (b, window, head), source, head_dim
-        mixed = SourceSoftmaxMix.apply(policy, bank_logits, mask, values)  # (b, window, head), head_dim, target
-        mixed = mixed.view(B, H // w, W // w, heads, head_dim, w, w).permute(0, 1, 5, 2, 6, 3, 4)
+        mixed = SourceSoftmaxMix.apply(policy, bank_logits, mask, values)  # (b, window, head), target, head_dim
+        mixed = mixed.view(B, H // w, W // w, heads, w, w, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
         return self.post_proj(mixed.reshape(B, H, W, C))
 
 

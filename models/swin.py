@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import Mlp, trunc_normal_
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -188,7 +188,7 @@ class SwinBlock(nn.Module):
         self.padded_size = math.ceil(resolution / window_size) * window_size
         self.norm1 = nn.LayerNorm(dim, eps=settings.norm_eps)
         self.attn = settings.mixer(dim, num_heads, window_size)  # `attn` for every mixer: the checkpoints' name
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path = drop_path  # stochastic depth: the probability of dropping a sample's residual
         self.norm2 = nn.LayerNorm(dim, eps=settings.norm_eps)
         self.mlp = Mlp(dim, int(dim * settings.mlp_ratio), drop=settings.drop)
         if settings.layer_scale is None:
@@ -205,9 +205,12 @@ class SwinBlock(nn.Module):
         return self.add_residual(x, self.mlp(self.norm2(x)), self.gamma2)
 
     def add_residual(self, x: Tensor, y: Tensor, gamma: Tensor | None) -> Tensor:
-        """x + drop_path(gamma * y), the layer scale in the same pass as the sum (drop path scales whole
-        samples, so it commutes with gamma)."""
-        y = self.drop_path(y)
+        """x + drop_path(gamma * y) in one pass: drop path scales whole samples (by 0 or 1 / keep), so in
+        training it joins the layer scale as one per-sample factor."""
+        if self.training and self.drop_path > 0.:
+            keep = 1. - self.drop_path
+            scale = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+            return torch.addcmul(x, scale if gamma is None else scale * gamma, y)
         return x + y if gamma is None else torch.addcmul(x, gamma, y)
 
     def mix_tokens(self, x: Tensor, ape: Tensor | None) -> Tensor:

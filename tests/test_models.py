@@ -16,6 +16,7 @@ from config import get_default_config, merge_yaml
 from models import build_model, from_reference
 from models.acmix import ACmixAttention
 from models.amixer import SourceSoftmaxMix, convert_reference_state_dict
+from models.swin import SwinTransformer, WindowAttention
 from models.build import TIMM_MODELS
 from tools.check_golden import main as check_golden
 from tools.model_info import model_info
@@ -155,7 +156,7 @@ def test_timm_create_model_honours_keyword_arguments(name):
         model = timm.create_model(name, num_classes=7, drop_path_rate=0.3, img_size=448)
         assert model(torch.empty(1, 3, 448, 448)).shape == (1, 7)
     assert model.head.out_features == 7
-    assert model.layers[-1].blocks[-1].drop_path.drop_prob == pytest.approx(0.3)
+    assert model.layers[-1].blocks[-1].drop_path == pytest.approx(0.3)
     with pytest.raises(ValueError, match='pretrained'):
         timm.create_model(name, pretrained=True)
 
@@ -176,6 +177,24 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(path):
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
         assert param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize('layer_scale', [None, 0.5])
+def test_drop_path_keeps_or_drops_each_samples_whole_residual(layer_scale):
+    torch.manual_seed(0)
+    model = SwinTransformer(WindowAttention, img_size=16, embed_dim=8, depths=(2,), num_heads=(2,),
+                            window_size=4, drop_path_rate=.5, layer_scale=layer_scale)
+    block = model.layers[0].blocks[-1]  # the last block has the whole rate: drops half the samples
+    keep = 1. - block.drop_path
+    gamma = block.gamma1
+    x, y = torch.randn(64, 2, 2, 8), torch.randn(64, 2, 2, 8)
+    residual = y if gamma is None else gamma * y
+    out = block.train().add_residual(x, y, gamma)
+    kept = [torch.allclose(o, a + r / keep) for o, a, r in zip(out, x, residual)]
+    dropped = [torch.equal(o, a) for o, a in zip(out, x)]
+    assert all(k != d for k, d in zip(kept, dropped))  # each sample: its whole residual, scaled, or none of it
+    assert 16 < sum(kept) < 48
+    torch.testing.assert_close(block.eval().add_residual(x, y, gamma), x + residual)
 
 
 def test_gradient_checkpointing_recomputes_and_matches():
@@ -201,12 +220,12 @@ def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops():
     bank = torch.randn(sources, sources, banks, dtype=torch.float64, requires_grad=True)
     values = torch.randn(batch, sources, head_dim, dtype=torch.float64, requires_grad=True)
     mask = torch.randn(sources, 1, windows * heads, sources, dtype=torch.float64)
-    grad = torch.randn(batch, head_dim, sources, dtype=torch.float64)
+    grad = torch.randn(batch, sources, head_dim, dtype=torch.float64)
 
     mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
     ours = torch.autograd.grad(mixed, (policy, bank, values), grad)
     logits = torch.bmm(policy, bank.transpose(1, 2)) + mask.expand(-1, 2, -1, -1).reshape(sources, batch, sources)
-    plain = torch.bmm(values.transpose(1, 2), logits.softmax(dim=0).transpose(0, 1))
+    plain = torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), values)
     torch.testing.assert_close(mixed, plain)
     for name, a, b in zip(('policy', 'bank', 'values'), ours, torch.autograd.grad(plain, (policy, bank, values), grad)):
         torch.testing.assert_close(a, b, msg=name)
