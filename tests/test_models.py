@@ -16,7 +16,7 @@ from config import get_default_config, merge_yaml
 from models import build_model, from_reference
 from models.acmix import ACmixAttention
 from models.amixer import SourceSoftmaxMix, convert_reference_state_dict
-from models.swin import SwinTransformer, WindowAttention
+from models.swin import SwinTransformer, WindowAttention, shifted_window_mask
 from models.build import TIMM_MODELS
 from tools.check_golden import main as check_golden
 from tools.model_info import model_info
@@ -80,6 +80,19 @@ def test_shifted_window_masks_equal_the_reference_buffers(name):
     assert ours.keys() == theirs.keys()
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name', ['swin_small_geometry', 'acmix_swin_small_geometry', 'amixer_swin_small_geometry'])
+def test_mixers_mask_with_minus_infinity(name):
+    """The references' -100 becomes -inf: masked weights are exact zeros, not denormals (slow on x86)."""
+    golden = load_golden(GOLDEN / f'{name}.pt')
+    model = from_reference(golden['family'], golden['reference_kwargs'])
+    stage, block = next((stage, block) for stage in model.layers for block in stage.blocks if block.shift_size)
+    masks = []
+    block.attn.register_forward_pre_hook(lambda module, args: masks.append(args[1]))
+    block.mix_tokens(torch.randn(1, block.padded_size, block.padded_size, block.norm1.normalized_shape[0]), stage.ape)
+    reference = shifted_window_mask(block.padded_size, block.window_size, block.shift_size)
+    assert torch.equal(masks[0], reference.masked_fill(reference == -100, float('-inf')))
 
 
 def test_amixer_checkpoint_conversion_is_needed():
