@@ -60,6 +60,7 @@ def test_no_weight_decay_on_norms_biases_and_position_tables():
     model = build_model(config)
     optimizer = build_optimizer(config, model, torch.device('cpu'))
     decay, no_decay = ({id(p) for p in group['params']} for group in optimizer.param_groups)
+    assert optimizer.defaults['fused']  # one kernel for all parameters, on the CPU too
     assert optimizer.param_groups[0]['weight_decay'] == config.TRAIN.WEIGHT_DECAY
     assert optimizer.param_groups[1]['weight_decay'] == 0.0
     names = dict(model.named_parameters())

@@ -9,7 +9,7 @@ Each PAIR is MODEL:PEER, or a MODEL alone; a model is a timm name (this project'
 names included) or a config yaml. A pair's two models are built together and timed in turn, one batch
 each, round after round, so that a busy machine slows both alike; a speed is the median over the
 rounds after the warm-up ones, and the ratio is the model's over its peer's. The next pair is built
-once the last is freed. A training step is forward, cross-entropy, backward and an AdamW step.
+once the last is freed. A training step is forward, cross-entropy, backward and a fused AdamW step (as main.py's).
 Results print as a markdown table; --json writes them too.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from config import get_default_config, merge_yaml  # noqa: E402
 from models import build_model  # noqa: E402 (the import registers the ACmix and AMixer names with timm)
+from optimizer import FUSED_DEVICES  # noqa: E402
 from utils import keep_freed_memory  # noqa: E402
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -73,7 +74,8 @@ class Runner:
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model = create(spec).to(self.device, memory_format=memory_format)
         self.forward = torch.compile(self.model) if args.compile else self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
+        fused = self.device.type in FUSED_DEVICES  # as main.py's optimizer
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=fused)
         shape = image_shape(self.model)
 
         def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
