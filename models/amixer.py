@@ -35,26 +35,35 @@ class SourceSoftmaxMix(torch.autograd.Function):
     autograd's in two ways: the mixing matmul writes the weights' gradient source-major (autograd's
     would copy it), and the softmax's backward takes its per-target sum, sum_s weights * grad_weights,
     as mixed . grad, a reduction over head_dim instead of over the sources.
+
+    Under autocast the matmuls run in its dtype and the softmax in float32, as autocast runs the plain
+    ops; the backward, which autocast does not reach, keeps the same dtypes.
     """
 
     @staticmethod
     def forward(ctx, policy: Tensor, bank: Tensor, mask: Tensor | None, values: Tensor) -> Tensor:
         # policy (S, b, banks), bank (S, T, banks), mask (S, 1, ..., T) or None, values (b, S, d) -> (b, T, d)
+        device = values.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else values.dtype
+        policy, bank, values = policy.to(dtype), bank.to(dtype), values.to(dtype)
         logits = torch.bmm(policy, bank.transpose(1, 2))
         if mask is not None:
             logits.view(mask.shape[0], -1, *mask.shape[2:]).add_(mask)
-        weights = logits.softmax(dim=0)
-        mixed = torch.bmm(weights.permute(1, 2, 0), values)
+        weights = logits.softmax(dim=0, dtype=torch.promote_types(dtype, torch.float32))
+        mixed = torch.bmm(weights.to(dtype).permute(1, 2, 0), values)
         ctx.save_for_backward(policy, bank, values, weights, mixed)
         return mixed
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, Tensor]:
+        # (in float32 or float64 every .to below is a no-op; autograd casts the gradients to the inputs' dtypes)
         policy, bank, values, weights, mixed = ctx.saved_tensors
-        grad_values = torch.bmm(weights.transpose(0, 1), grad)
-        grad_logits = torch.empty_like(weights)
-        torch.bmm(values, grad.transpose(1, 2), out=grad_logits.transpose(0, 1))  # the weights' gradient
-        grad_logits.sub_(torch.linalg.vecdot(mixed, grad)).mul_(weights)
+        grad = grad.to(values.dtype)
+        grad_values = torch.bmm(weights.to(values.dtype).transpose(0, 1), grad)
+        grad_weights = torch.empty(weights.shape, dtype=values.dtype, device=values.device)
+        torch.bmm(values, grad.transpose(1, 2), out=grad_weights.transpose(0, 1))
+        per_target_sum = torch.linalg.vecdot(mixed.to(weights.dtype), grad.to(weights.dtype))
+        grad_logits = grad_weights.to(weights.dtype).sub_(per_target_sum).mul_(weights).to(values.dtype)
         return torch.bmm(grad_logits, bank), torch.bmm(grad_logits.transpose(1, 2), policy), None, grad_values
 
 

@@ -225,23 +225,30 @@ def test_gradient_checkpointing_recomputes_and_matches():
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
-def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops():
+@pytest.mark.parametrize('autocast', [False, True], ids=['float64', 'autocast-bfloat16'])
+def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast):
     torch.manual_seed(0)
     sources, windows, heads, banks, head_dim = 9, 2, 3, 4, 5
     batch = 2 * windows * heads  # (image, window, head)
-    policy = torch.randn(sources, batch, banks, dtype=torch.float64, requires_grad=True)
-    bank = torch.randn(sources, sources, banks, dtype=torch.float64, requires_grad=True)
-    values = torch.randn(batch, sources, head_dim, dtype=torch.float64, requires_grad=True)
-    mask = torch.randn(sources, 1, windows * heads, sources, dtype=torch.float64)
-    grad = torch.randn(batch, sources, head_dim, dtype=torch.float64)
+    dtype = torch.float32 if autocast else torch.float64
+    policy = torch.randn(sources, batch, banks, dtype=dtype, requires_grad=True)
+    bank = torch.randn(sources, sources, banks, dtype=dtype, requires_grad=True)
+    values = torch.randn(batch, sources, head_dim, dtype=dtype, requires_grad=True)
+    mask = torch.randn(sources, 1, windows * heads, sources, dtype=dtype)
+    grad = torch.randn(batch, sources, head_dim, dtype=dtype)
 
-    mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
+        logits = torch.bmm(policy, bank.transpose(1, 2)) + mask.expand(-1, 2, -1, -1).reshape(sources, batch, sources)
+        plain = torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), values)
     ours = torch.autograd.grad(mixed, (policy, bank, values), grad)
-    logits = torch.bmm(policy, bank.transpose(1, 2)) + mask.expand(-1, 2, -1, -1).reshape(sources, batch, sources)
-    plain = torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), values)
-    torch.testing.assert_close(mixed, plain)
-    for name, a, b in zip(('policy', 'bank', 'values'), ours, torch.autograd.grad(plain, (policy, bank, values), grad)):
-        torch.testing.assert_close(a, b, msg=name)
+    theirs = torch.autograd.grad(plain, (policy, bank, values), grad)
+    tolerance = {'rtol': 0.02, 'atol': 0.05} if autocast else {}  # bfloat16 keeps 8 bits
+    assert mixed.dtype == plain.dtype
+    torch.testing.assert_close(mixed, plain, **tolerance)
+    for name, a, b in zip(('policy', 'bank', 'values'), ours, theirs):
+        assert a.dtype == dtype, name
+        torch.testing.assert_close(a, b, **tolerance, msg=name)
 
 
 @pytest.mark.parametrize('heads', [2, 3, 4])  # 6 and 9 parts: the fc folds into the convolution; 12: it does not
