@@ -44,7 +44,8 @@ class SourceSoftmaxMix(torch.autograd.Function):
     def forward(ctx, policy: Tensor, bank: Tensor, mask: Tensor | None, values: Tensor) -> Tensor:
         # policy (S, b, banks), bank (S, T, banks), mask (S, 1, ..., T) or None, values (b, S, d) -> (b, T, d)
         device = values.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else values.dtype
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)  # not on 'meta'
+        dtype = torch.get_autocast_dtype(device) if autocast else values.dtype
         policy, bank, values = policy.to(dtype), bank.to(dtype), values.to(dtype)
         logits = torch.bmm(policy, bank.transpose(1, 2))
         if mask is not None:
