@@ -32,9 +32,10 @@ class SourceSoftmaxMix(torch.autograd.Function):
 
     The source token is in both factors of the logits, so it is the batch of one matmul over the banks,
     which writes them source-major, as the softmax over sources wants them. The backward differs from
-    autograd's in two ways: the mixing matmul writes the weights' gradient source-major (autograd's
-    would copy it), and the softmax's backward takes its per-target sum, sum_s weights * grad_weights,
-    as mixed . grad, a reduction over head_dim instead of over the sources.
+    autograd's in two ways: the softmax's backward works in place on the weights' gradient in the layout
+    its matmul leaves (autograd's copies it first), and takes its per-target sum, sum_s weights *
+    grad_weights, as mixed . grad, a reduction over head_dim instead of over the sources. (No `out=`
+    into a strided layout: torch.compile cannot trace that and would break the graph at every block.)
 
     Under autocast the matmuls run in its dtype and the softmax in float32, as autocast runs the plain
     ops; the backward, which autocast does not reach, keeps the same dtypes.
@@ -61,8 +62,7 @@ class SourceSoftmaxMix(torch.autograd.Function):
         policy, bank, values, weights, mixed = ctx.saved_tensors
         grad = grad.to(values.dtype)
         grad_values = torch.bmm(weights.to(values.dtype).transpose(0, 1), grad)
-        grad_weights = torch.empty(weights.shape, dtype=values.dtype, device=values.device)
-        torch.bmm(values, grad.transpose(1, 2), out=grad_weights.transpose(0, 1))
+        grad_weights = torch.bmm(values, grad.transpose(1, 2)).transpose(0, 1)
         per_target_sum = torch.linalg.vecdot(mixed.to(weights.dtype), grad.to(weights.dtype))
         grad_logits = grad_weights.to(weights.dtype).sub_(per_target_sum).mul_(weights).to(values.dtype)
         return torch.bmm(grad_logits, bank), torch.bmm(grad_logits.transpose(1, 2), policy), None, grad_values

@@ -225,6 +225,36 @@ def test_gradient_checkpointing_recomputes_and_matches():
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
+def compiled_training_step(path, **compile_options):
+    """Outputs and gradients of one training step (drop path on), eager and through torch.compile."""
+    golden = load_golden(path)
+    torch.manual_seed(0)
+    model = from_reference(golden['family'], {**golden['reference_kwargs'], 'drop_path_rate': 0.2}).train()
+    images = torch.randn(4, *golden['input'].shape[1:])
+    steps = []
+    for run in (model, torch.compile(model, fullgraph=True, **compile_options)):  # fullgraph: a graph break raises
+        torch.manual_seed(1)  # the same samples dropped
+        model.zero_grad()
+        out = run(images)
+        out.square().mean().backward()
+        steps.append([out.detach()] + [param.grad.clone() for param in model.parameters()])
+    return steps
+
+
+@pytest.mark.parametrize('path', GOLDEN_FILES, ids=lambda path: path.stem)
+def test_torch_compile_traces_each_model_whole_and_trains_as_eager(path):
+    # aot_eager: dynamo's graphs and AOTAutograd's backward, run by the eager kernels, so equal to the bit
+    eager, compiled = compiled_training_step(path, backend='aot_eager')
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+
+
+def test_torch_compile_inductor_runs_the_amixer_mixing_forward_and_backward():
+    eager, compiled = compiled_training_step(GOLDEN / 'amixer_deit_small_geometry.pt')  # inductor, C++ on CPU
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize('autocast', [False, True], ids=['float64', 'autocast-bfloat16'])
 def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast):
     torch.manual_seed(0)
