@@ -243,10 +243,11 @@ def compiled_training_step(path, **compile_options):
 
 @pytest.mark.parametrize('path', GOLDEN_FILES, ids=lambda path: path.stem)
 def test_torch_compile_traces_each_model_whole_and_trains_as_eager(path):
-    # aot_eager: dynamo's graphs and AOTAutograd's backward, run by the eager kernels, so equal to the bit
+    # aot_eager: dynamo's graphs and AOTAutograd's backward, run by the eager kernels (equal to the bit
+    # here; float32's default tolerance leaves room for a BLAS that rounds by memory alignment)
     eager, compiled = compiled_training_step(path, backend='aot_eager')
     for a, b in zip(eager, compiled):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b)
 
 
 def test_torch_compile_inductor_runs_the_amixer_mixing_forward_and_backward():
