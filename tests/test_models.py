@@ -282,6 +282,31 @@ def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast):
         torch.testing.assert_close(a, b, **tolerance, msg=name)
 
 
+def test_amixer_mixing_is_exact_with_large_logits_and_minus_infinity_masks():
+    # logits in the thousands overflow exp (float64's too) unless their max is subtracted first; -inf
+    # masks (as the Swin mixers pass them) must weigh exactly 0 and keep the gradients finite. (float64:
+    # near one-hot weights leave gradients far below float32's rounding of the terms they cancel from.)
+    torch.manual_seed(0)
+    sources, batch, banks, head_dim = 16, 6, 4, 5
+    policy = (100 * torch.randn(sources, batch, banks, dtype=torch.float64)).requires_grad_()
+    bank = (10 * torch.randn(sources, sources, banks, dtype=torch.float64)).requires_grad_()
+    values = torch.randn(batch, sources, head_dim, dtype=torch.float64, requires_grad=True)
+    mask = torch.where(torch.rand(sources, 1, batch, sources) < 0.5, float('-inf'), 0.).double()
+    mask[torch.arange(sources), :, :, torch.arange(sources)] = 0.  # each target keeps itself as a source
+    grad = torch.randn(batch, sources, head_dim, dtype=torch.float64)
+
+    mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
+    logits = torch.bmm(policy, bank.transpose(1, 2)) + mask[:, 0]
+    assert logits.max() > 1000
+    plain = torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), values)
+    torch.testing.assert_close(mixed, plain)
+    ours = torch.autograd.grad(mixed, (policy, bank, values), grad)
+    theirs = torch.autograd.grad(plain, (policy, bank, values), grad)
+    for name, a, b in zip(('policy', 'bank', 'values'), ours, theirs):
+        assert a.isfinite().all(), name
+        torch.testing.assert_close(a, b, msg=name)
+
+
 @pytest.mark.parametrize('heads', [2, 3, 4])  # 6 and 9 parts: the fc folds into the convolution; 12: it does not
 def test_acmix_convolution_path_equals_the_reference_formula(heads):
     torch.manual_seed(0)
