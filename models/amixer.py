@@ -68,8 +68,9 @@ class SourceSoftmaxMix(torch.autograd.Function):
         policy, bank, values, exp, total, mixed = ctx.saved_tensors
         # with weights = exp / total, every use of the weights below takes them as exp and grad / total
         grad = grad.to(total.dtype) / total
-        grad_values = torch.bmm(exp.to(values.dtype).transpose(0, 1), grad.to(values.dtype))
-        grad_weights = torch.bmm(values, grad.to(values.dtype).transpose(1, 2)).transpose(0, 1)
+        grad_in_dtype = grad.to(values.dtype)  # the matmuls' operand
+        grad_values = torch.bmm(exp.to(values.dtype).transpose(0, 1), grad_in_dtype)
+        grad_weights = torch.bmm(values, grad_in_dtype.transpose(1, 2)).transpose(0, 1)
         per_target_sum = torch.linalg.vecdot(mixed.to(exp.dtype), grad)
         grad_logits = grad_weights.to(exp.dtype).sub_(per_target_sum).mul_(exp).to(values.dtype)
         return torch.bmm(grad_logits, bank), torch.bmm(grad_logits.transpose(1, 2), policy), None, grad_values
