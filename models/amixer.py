@@ -26,14 +26,35 @@ REFERENCE_OPTION_DEFAULTS = {
 }
 
 
+# Below this bound on |logits|, exp(logits) without the max subtracted is finite and normal in float32, with
+# a margin (e**30 is about 1e13) for the matmuls and gradients that multiply it.
+UNSHIFTED_EXP_BOUND = 30.0
+
+
+def exp_needs_no_shift(policy: Tensor, bank: Tensor) -> bool:
+    """Whether every logit, policy[s, b] . bank[s, t], lies within +-UNSHIFTED_EXP_BOUND, by Cauchy-Schwarz:
+    |logit| <= max |policy row| * max |bank row| (masks only lower logits, to -inf at most). A softmax is the same with any shift, so its usual shift
+    by the max over sources (two passes over the weights: the max, and the subtraction) may then be skipped.
+
+    Checked on CPU in eager mode only: the check reads a number back, which on a GPU waits for the device,
+    and under torch.compile would split the graph (where the shift fuses into the exp anyway).
+    """
+    if policy.device.type != 'cpu' or torch.compiler.is_compiling():
+        return False
+    dtype = torch.promote_types(policy.dtype, torch.float32)  # not a bfloat16 norm
+    bound = (torch.linalg.vector_norm(policy, dim=-1, dtype=dtype).amax()
+             * torch.linalg.vector_norm(bank, dim=-1, dtype=dtype).amax())
+    return bool(bound <= UNSHIFTED_EXP_BOUND)
+
+
 class SourceSoftmaxMix(torch.autograd.Function):
     """mixed[b, t] = sum over sources s of softmax_s(logits)[s, b, t] * values[b, s], where
     logits[s, b, t] = policy[s, b] . bank[s, t] (+ the mask, which repeats every prod(mask.shape[2:-1]) of b).
 
     The source token is in both factors of the logits, so it is the batch of one matmul over the banks,
     which writes them source-major. The softmax over sources then runs as passes that each stream that
-    layout in order (max; subtract and exp in place; sum), and its division moves to the (b, t, head_dim)
-    output. (softmax's kernel for a leading dimension walks all sources of a few columns at once, rows a
+    layout in order (max; subtract and exp in place; sum; the first two only when the logits may be too
+    large for exp, see exp_needs_no_shift), and its division moves to the (b, t, head_dim) output. (softmax's kernel for a leading dimension walks all sources of a few columns at once, rows a
     whole layer apart; on weights larger than the cache the plain softmax made AMixer-T and AMixer-DeiT-S
     about 10% slower at inference.) The backward folds the same division into the incoming gradient; it
     works in place on the weights' gradient in the layout its matmul leaves (autograd's copies it first),
@@ -56,7 +77,9 @@ class SourceSoftmaxMix(torch.autograd.Function):
         if mask is not None:
             logits.view(mask.shape[0], -1, *mask.shape[2:]).add_(mask)
         exp = logits.to(torch.promote_types(dtype, torch.float32))
-        exp = exp.sub_(exp.amax(dim=0)).exp_()  # the softmax's numerators: exp(logits - their max over sources)
+        if not exp_needs_no_shift(policy, bank):
+            exp = exp.sub_(exp.amax(dim=0))  # the usual shift of a softmax by its max, so that exp cannot overflow
+        exp = exp.exp_()  # the softmax's numerators
         total = exp.sum(dim=0).unsqueeze(-1)  # (b, T, 1)
         mixed = torch.bmm(exp.to(dtype).permute(1, 2, 0), values).div_(total)
         ctx.save_for_backward(policy, bank, values, exp, total, mixed)

@@ -13,9 +13,9 @@ import timm
 import torch
 
 from config import get_default_config, merge_yaml
-from models import build_model, from_reference
+from models import amixer, build_model, from_reference
 from models.acmix import ACmixAttention
-from models.amixer import SourceSoftmaxMix, convert_reference_state_dict
+from models.amixer import SourceSoftmaxMix, convert_reference_state_dict, exp_needs_no_shift
 from models.swin import SwinTransformer, WindowAttention, shifted_window_mask
 from models.build import TIMM_MODELS
 from tools.check_golden import main as check_golden
@@ -257,7 +257,10 @@ def test_torch_compile_inductor_runs_the_amixer_mixing_forward_and_backward():
 
 
 @pytest.mark.parametrize('autocast', [False, True], ids=['float64', 'autocast-bfloat16'])
-def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast):
+@pytest.mark.parametrize('shifted', [False, True], ids=['unshifted-exp', 'shifted-exp'])
+def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast, shifted, monkeypatch):
+    if shifted:  # the same logits through the softmax's shift by the max
+        monkeypatch.setattr(amixer, 'UNSHIFTED_EXP_BOUND', 0.)
     torch.manual_seed(0)
     sources, windows, heads, banks, head_dim = 9, 2, 3, 4, 5
     batch = 2 * windows * heads  # (image, window, head)
@@ -267,6 +270,7 @@ def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast):
     values = torch.randn(batch, sources, head_dim, dtype=dtype, requires_grad=True)
     mask = torch.randn(sources, 1, windows * heads, sources, dtype=dtype)
     grad = torch.randn(batch, sources, head_dim, dtype=dtype)
+    assert exp_needs_no_shift(policy, bank) != shifted  # the softmax path this case takes
 
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
         mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
@@ -297,7 +301,7 @@ def test_amixer_mixing_is_exact_with_large_logits_and_minus_infinity_masks():
 
     mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
     logits = torch.bmm(policy, bank.transpose(1, 2)) + mask[:, 0]
-    assert logits.max() > 1000
+    assert logits.max() > 1000 and not exp_needs_no_shift(policy, bank)
     plain = torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), values)
     torch.testing.assert_close(mixed, plain)
     ours = torch.autograd.grad(mixed, (policy, bank, values), grad)
@@ -305,6 +309,14 @@ def test_amixer_mixing_is_exact_with_large_logits_and_minus_infinity_masks():
     for name, a, b in zip(('policy', 'bank', 'values'), ours, theirs):
         assert a.isfinite().all(), name
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_amixer_unshifted_exp_bound():
+    # |policy row| * |bank row| bounds every logit: 5 * 6 = 30 is the bound itself, 5 * 6.5 is past it
+    policy = torch.tensor([[[3., 4.]], [[0., 1.]]])  # (sources, b, banks), rows of norm 5 and 1
+    assert exp_needs_no_shift(policy, torch.tensor([[[6., 0.]], [[0., 2.]]]))
+    assert not exp_needs_no_shift(policy, torch.tensor([[[6., 0.]], [[0., -6.5]]]))
+    assert not exp_needs_no_shift(policy.to('meta'), torch.zeros(2, 1, 2, device='meta'))  # CPU only
 
 
 @pytest.mark.parametrize('heads', [2, 3, 4])  # 6 and 9 parts: the fc folds into the convolution; 12: it does not
