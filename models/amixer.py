@@ -33,8 +33,9 @@ UNSHIFTED_EXP_BOUND = 30.0
 
 def exp_needs_no_shift(policy: Tensor, bank: Tensor) -> bool:
     """Whether every logit, policy[s, b] . bank[s, t], lies within +-UNSHIFTED_EXP_BOUND, by Cauchy-Schwarz:
-    |logit| <= max |policy row| * max |bank row| (masks only lower logits, to -inf at most). A softmax is the same with any shift, so its usual shift
-    by the max over sources (two passes over the weights: the max, and the subtraction) may then be skipped.
+    |logit| <= max |policy row| * max |bank row| (masks only lower logits, to -inf at most). A softmax is
+    the same under any shift, so its usual shift by the max over sources (two passes over the weights: the
+    max, and the subtraction) may then be skipped.
 
     Checked on CPU in eager mode only: the check reads a number back, which on a GPU waits for the device,
     and under torch.compile would split the graph (where the shift fuses into the exp anyway).
@@ -54,9 +55,10 @@ class SourceSoftmaxMix(torch.autograd.Function):
     The source token is in both factors of the logits, so it is the batch of one matmul over the banks,
     which writes them source-major. The softmax over sources then runs as passes that each stream that
     layout in order (max; subtract and exp in place; sum; the first two only when the logits may be too
-    large for exp, see exp_needs_no_shift), and its division moves to the (b, t, head_dim) output. (softmax's kernel for a leading dimension walks all sources of a few columns at once, rows a
-    whole layer apart; on weights larger than the cache the plain softmax made AMixer-T and AMixer-DeiT-S
-    about 10% slower at inference.) The backward folds the same division into the incoming gradient; it
+    large for exp, see exp_needs_no_shift), and its division moves to the (b, t, head_dim) output.
+    (softmax's kernel for a leading dimension walks all sources of a few columns at once, rows a whole
+    layer apart; on weights larger than the cache the plain softmax made AMixer-T and AMixer-DeiT-S about
+    10% slower at inference.) The backward folds the same division into the incoming gradient; it
     works in place on the weights' gradient in the layout its matmul leaves (autograd's copies it first),
     and takes the softmax's per-target sum, sum_s weights * grad_weights, as mixed . grad, a reduction over
     head_dim instead of over the sources. (No `out=` into a strided layout: torch.compile cannot trace
