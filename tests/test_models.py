@@ -311,6 +311,32 @@ def test_amixer_mixing_is_exact_with_large_logits_and_minus_infinity_masks():
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_amixer_unshifted_exp_is_exact_in_float32_near_its_bound():
+    # rows aligned so that logits reach +-29.7 (the bound is 30), large values, -inf masks: without the
+    # shift, float32 must still match float64's plain softmax to float32's rounding, forward and backward
+    torch.manual_seed(0)
+    sources, batch, banks, head_dim = 49, 12, 4, 8
+    policy = torch.nn.functional.normalize(torch.randn(sources, batch, banks), dim=-1) * 5.4
+    bank = policy[:, :1].expand(-1, sources, -1) * torch.randn(sources, sources, 1).sign() * (5.5 / 5.4)
+    values = 100 * torch.randn(batch, sources, head_dim)
+    mask = torch.where(torch.rand(sources, 1, batch, sources) < 0.3, float('-inf'), 0.)
+    mask[torch.arange(sources), :, :, torch.arange(sources)] = 0.  # each target keeps itself as a source
+    grad = torch.randn(batch, sources, head_dim)
+    assert exp_needs_no_shift(policy, bank)
+    assert torch.bmm(policy, bank.transpose(1, 2)).abs().max() > 29
+
+    ours = [t.clone().requires_grad_() for t in (policy, bank, values)]
+    mixed = SourceSoftmaxMix.apply(ours[0], ours[1], mask, ours[2])
+    exact = [t.double().requires_grad_() for t in (policy, bank, values)]
+    logits = torch.bmm(exact[0], exact[1].transpose(1, 2)) + mask[:, 0].double()
+    plain = torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), exact[2])
+    pairs = [(mixed, plain)] + list(zip(torch.autograd.grad(mixed, ours, grad),
+                                        torch.autograd.grad(plain, exact, grad.double())))
+    for a, b in pairs:  # relative to each tensor's largest entry
+        assert a.isfinite().all()
+        assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max()
+
+
 def test_amixer_unshifted_exp_bound():
     # |policy row| * |bank row| bounds every logit: 5 * 6 = 30 is the bound itself, 5 * 6.5 is past it
     policy = torch.tensor([[[3., 4.]], [[0., 1.]]])  # (sources, b, banks), rows of norm 5 and 1
