@@ -31,10 +31,10 @@ REFERENCE_OPTION_DEFAULTS = {
 UNSHIFTED_EXP_BOUND = 30.0
 
 
-def exp_needs_no_shift(policy: Tensor, bank: Tensor) -> bool:
+def exp_needs_no_shift(policy: Tensor, bank: Tensor, mask: Tensor | None = None) -> bool:
     """Whether every logit, policy[s, b] . bank[s, t], lies within +-UNSHIFTED_EXP_BOUND, by Cauchy-Schwarz:
-    |logit| <= max |policy row| * max |bank row| (masks only lower logits, to -inf at most). A softmax is
-    the same under any shift, so its usual shift by the max over sources (two passes over the weights: the
+    |logit| <= max |policy row| * max |bank row|, plus the mask's largest entry where that is positive (the
+    Swin masks only lower logits, to -inf). A softmax is the same under any shift, so its usual shift by the max over sources (two passes over the weights: the
     max, and the subtraction) may then be skipped.
 
     Checked on CPU in eager mode only: the check reads a number back, which on a GPU waits for the device,
@@ -45,6 +45,8 @@ def exp_needs_no_shift(policy: Tensor, bank: Tensor) -> bool:
     dtype = torch.promote_types(policy.dtype, torch.float32)  # not a bfloat16 norm
     bound = (torch.linalg.vector_norm(policy, dim=-1, dtype=dtype).amax()
              * torch.linalg.vector_norm(bank, dim=-1, dtype=dtype).amax())
+    if mask is not None:
+        bound = bound + mask.amax().clamp(min=0)
     return bool(bound <= UNSHIFTED_EXP_BOUND)
 
 
@@ -79,7 +81,7 @@ class SourceSoftmaxMix(torch.autograd.Function):
         if mask is not None:
             logits.view(mask.shape[0], -1, *mask.shape[2:]).add_(mask)
         exp = logits.to(torch.promote_types(dtype, torch.float32))
-        if not exp_needs_no_shift(policy, bank):
+        if not exp_needs_no_shift(policy, bank, mask):
             exp = exp.sub_(exp.amax(dim=0))  # the usual shift of a softmax by its max, so that exp cannot overflow
         exp = exp.exp_()  # the softmax's numerators
         total = exp.sum(dim=0).unsqueeze(-1)  # (b, T, 1)

@@ -270,7 +270,7 @@ def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast, shift
     values = torch.randn(batch, sources, head_dim, dtype=dtype, requires_grad=True)
     mask = torch.randn(sources, 1, windows * heads, sources, dtype=dtype)
     grad = torch.randn(batch, sources, head_dim, dtype=dtype)
-    assert exp_needs_no_shift(policy, bank) != shifted  # the softmax path this case takes
+    assert exp_needs_no_shift(policy, bank, mask) != shifted  # the softmax path this case takes
 
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
         mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
@@ -301,7 +301,7 @@ def test_amixer_mixing_is_exact_with_large_logits_and_minus_infinity_masks():
 
     mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
     logits = torch.bmm(policy, bank.transpose(1, 2)) + mask[:, 0]
-    assert logits.max() > 1000 and not exp_needs_no_shift(policy, bank)
+    assert logits.max() > 1000 and not exp_needs_no_shift(policy, bank, mask)
     plain = torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), values)
     torch.testing.assert_close(mixed, plain)
     ours = torch.autograd.grad(mixed, (policy, bank, values), grad)
@@ -322,7 +322,7 @@ def test_amixer_unshifted_exp_is_exact_in_float32_near_its_bound():
     mask = torch.where(torch.rand(sources, 1, batch, sources) < 0.3, float('-inf'), 0.)
     mask[torch.arange(sources), :, :, torch.arange(sources)] = 0.  # each target keeps itself as a source
     grad = torch.randn(batch, sources, head_dim)
-    assert exp_needs_no_shift(policy, bank)
+    assert exp_needs_no_shift(policy, bank, mask)
     assert torch.bmm(policy, bank.transpose(1, 2)).abs().max() > 29
 
     ours = [t.clone().requires_grad_() for t in (policy, bank, values)]
@@ -342,6 +342,10 @@ def test_amixer_unshifted_exp_bound():
     policy = torch.tensor([[[3., 4.]], [[0., 1.]]])  # (sources, b, banks), rows of norm 5 and 1
     assert exp_needs_no_shift(policy, torch.tensor([[[6., 0.]], [[0., 2.]]]))
     assert not exp_needs_no_shift(policy, torch.tensor([[[6., 0.]], [[0., -6.5]]]))
+    # a mask's positive entries raise logits: 5 * 5 + 5 is the bound, + 6 is past it; -inf lowers them
+    bank = torch.tensor([[[5., 0.]], [[0., 2.]]])
+    assert exp_needs_no_shift(policy, bank, torch.tensor([[[5., float('-inf')]]]))
+    assert not exp_needs_no_shift(policy, bank, torch.tensor([[[6., 0.]]]))
     assert not exp_needs_no_shift(policy.to('meta'), torch.zeros(2, 1, 2, device='meta'))  # CPU only
 
 
