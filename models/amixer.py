@@ -34,8 +34,8 @@ UNSHIFTED_EXP_BOUND = 30.0
 def exp_needs_no_shift(policy: Tensor, bank: Tensor, mask: Tensor | None = None) -> bool:
     """Whether every logit, policy[s, b] . bank[s, t], lies within +-UNSHIFTED_EXP_BOUND, by Cauchy-Schwarz:
     |logit| <= max |policy row| * max |bank row|, plus the mask's largest entry where that is positive (the
-    Swin masks only lower logits, to -inf). A softmax is the same under any shift, so its usual shift by the max over sources (two passes over the weights: the
-    max, and the subtraction) may then be skipped.
+    Swin masks only lower logits, to -inf). A softmax is the same under any shift, so its usual shift by
+    the max over sources (two passes over the weights: the max, and the subtraction) may then be skipped.
 
     Checked on CPU in eager mode only: the check reads a number back, which on a GPU waits for the device,
     and under torch.compile would split the graph (where the shift fuses into the exp anyway).
