@@ -256,6 +256,20 @@ def test_torch_compile_inductor_runs_the_amixer_mixing_forward_and_backward():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def plain_mixing(policy, bank, mask, values):
+    """SourceSoftmaxMix's maths as autograd's plain ops: the mask repeats over the batch as there."""
+    logits = torch.bmm(policy, bank.transpose(1, 2))
+    logits = (logits.view(mask.shape[0], -1, *mask.shape[2:]) + mask).view_as(logits)
+    return torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), values)
+
+
+def minus_infinity_mask(sources, batch, fraction, dtype=torch.float32):
+    """A (sources, 1, batch, sources) mask of 0 and -inf in which each target keeps itself as a source."""
+    mask = torch.where(torch.rand(sources, 1, batch, sources) < fraction, float('-inf'), 0.).to(dtype)
+    mask[torch.arange(sources), :, :, torch.arange(sources)] = 0.
+    return mask
+
+
 @pytest.mark.parametrize('autocast', [False, True], ids=['float64', 'autocast-bfloat16'])
 @pytest.mark.parametrize('shifted', [False, True], ids=['unshifted-exp', 'shifted-exp'])
 def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast, shifted, monkeypatch):
@@ -274,8 +288,7 @@ def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast, shift
 
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
         mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
-        logits = torch.bmm(policy, bank.transpose(1, 2)) + mask.expand(-1, 2, -1, -1).reshape(sources, batch, sources)
-        plain = torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), values)
+        plain = plain_mixing(policy, bank, mask, values)
     ours = torch.autograd.grad(mixed, (policy, bank, values), grad)
     theirs = torch.autograd.grad(plain, (policy, bank, values), grad)
     tolerance = {'rtol': 0.02, 'atol': 0.05} if autocast else {}  # bfloat16 keeps 8 bits
@@ -295,14 +308,13 @@ def test_amixer_mixing_is_exact_with_large_logits_and_minus_infinity_masks():
     policy = (100 * torch.randn(sources, batch, banks, dtype=torch.float64)).requires_grad_()
     bank = (10 * torch.randn(sources, sources, banks, dtype=torch.float64)).requires_grad_()
     values = torch.randn(batch, sources, head_dim, dtype=torch.float64, requires_grad=True)
-    mask = torch.where(torch.rand(sources, 1, batch, sources) < 0.5, float('-inf'), 0.).double()
-    mask[torch.arange(sources), :, :, torch.arange(sources)] = 0.  # each target keeps itself as a source
+    mask = minus_infinity_mask(sources, batch, 0.5, torch.float64)
     grad = torch.randn(batch, sources, head_dim, dtype=torch.float64)
 
     mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
     logits = torch.bmm(policy, bank.transpose(1, 2)) + mask[:, 0]
     assert logits.max() > 1000 and not exp_needs_no_shift(policy, bank, mask)
-    plain = torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), values)
+    plain = plain_mixing(policy, bank, mask, values)
     torch.testing.assert_close(mixed, plain)
     ours = torch.autograd.grad(mixed, (policy, bank, values), grad)
     theirs = torch.autograd.grad(plain, (policy, bank, values), grad)
@@ -319,8 +331,7 @@ def test_amixer_unshifted_exp_is_exact_in_float32_near_its_bound():
     policy = torch.nn.functional.normalize(torch.randn(sources, batch, banks), dim=-1) * 5.4
     bank = policy[:, :1].expand(-1, sources, -1) * torch.randn(sources, sources, 1).sign() * (5.5 / 5.4)
     values = 100 * torch.randn(batch, sources, head_dim)
-    mask = torch.where(torch.rand(sources, 1, batch, sources) < 0.3, float('-inf'), 0.)
-    mask[torch.arange(sources), :, :, torch.arange(sources)] = 0.  # each target keeps itself as a source
+    mask = minus_infinity_mask(sources, batch, 0.3)
     grad = torch.randn(batch, sources, head_dim)
     assert exp_needs_no_shift(policy, bank, mask)
     assert torch.bmm(policy, bank.transpose(1, 2)).abs().max() > 29
@@ -328,8 +339,7 @@ def test_amixer_unshifted_exp_is_exact_in_float32_near_its_bound():
     ours = [t.clone().requires_grad_() for t in (policy, bank, values)]
     mixed = SourceSoftmaxMix.apply(ours[0], ours[1], mask, ours[2])
     exact = [t.double().requires_grad_() for t in (policy, bank, values)]
-    logits = torch.bmm(exact[0], exact[1].transpose(1, 2)) + mask[:, 0].double()
-    plain = torch.bmm(logits.softmax(dim=0).permute(1, 2, 0), exact[2])
+    plain = plain_mixing(exact[0], exact[1], mask.double(), exact[2])
     pairs = [(mixed, plain)] + list(zip(torch.autograd.grad(mixed, ours, grad),
                                         torch.autograd.grad(plain, exact, grad.double())))
     for a, b in pairs:  # relative to each tensor's largest entry
