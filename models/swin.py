@@ -167,6 +167,25 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
+class ScaledResidual(torch.autograd.Function):
+    """x + scale * y, the scale (per channel, or per sample and channel) broadcasting over y.
+
+    As torch.addcmul, whose backward first multiplies all of y by its `value` (1) for the scale's gradient:
+    one pass over y that this one skips (AMixer-DeiT-S has 34 such residuals).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, y: Tensor) -> Tensor:
+        ctx.save_for_backward(scale, y)
+        return torch.addcmul(x, scale, y)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        scale, y = ctx.saved_tensors
+        grad_scale = (grad * y).sum_to_size(scale.shape) if ctx.needs_input_grad[1] else None
+        return grad, grad_scale, grad * scale
+
+
 @dataclass(frozen=True)
 class BlockSettings:
     """What all blocks of a network share."""
@@ -212,8 +231,8 @@ class SwinBlock(nn.Module):
         if self.training and self.drop_path > 0.:
             keep = 1. - self.drop_path
             scale = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
-            return torch.addcmul(x, scale if gamma is None else scale * gamma, y)
-        return x + y if gamma is None else torch.addcmul(x, gamma, y)
+            return torch.addcmul(x, scale, y) if gamma is None else ScaledResidual.apply(x, scale * gamma, y)
+        return x + y if gamma is None else ScaledResidual.apply(x, gamma, y)
 
     def mix_tokens(self, x: Tensor, ape: Tensor | None) -> Tensor:
         B, H, W, C = x.shape

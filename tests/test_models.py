@@ -13,10 +13,10 @@ import timm
 import torch
 
 from config import get_default_config, merge_yaml
-from models import amixer, build_model, from_reference
+from models import build_model, from_reference
 from models.acmix import ACmixAttention
-from models.amixer import SourceSoftmaxMix, convert_reference_state_dict, exp_needs_no_shift
-from models.swin import SwinTransformer, WindowAttention, shifted_window_mask
+from models.amixer import AdaptiveWeightMixing, SourceSoftmaxMix, convert_reference_state_dict, exp_needs_no_shift
+from models.swin import ScaledResidual, SwinTransformer, WindowAttention, shifted_window_mask
 from models.build import TIMM_MODELS
 from tools.check_golden import main as check_golden
 from tools.model_info import model_info
@@ -210,6 +210,13 @@ def test_drop_path_keeps_or_drops_each_samples_whole_residual(layer_scale):
     torch.testing.assert_close(block.eval().add_residual(x, y, gamma), x + residual)
 
 
+@pytest.mark.parametrize('scale_shape', [(4,), (2, 1, 1, 4)], ids=['per-channel', 'per-sample-and-channel'])
+def test_scaled_residual_gradients_equal_finite_differences(scale_shape):
+    torch.manual_seed(0)
+    x, y = (torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    scale = torch.randn(scale_shape, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(ScaledResidual.apply(x, scale, y), x + scale * y)
+    assert torch.autograd.gradcheck(ScaledResidual.apply, (x, scale, y))
 def test_gradient_checkpointing_recomputes_and_matches():
     golden = load_golden(GOLDEN / 'acmix_swin_small_geometry.pt')
     plain = from_reference('acmix_swin', {**golden['reference_kwargs'], 'drop_path_rate': 0.})
@@ -272,9 +279,7 @@ def minus_infinity_mask(sources, batch, fraction, dtype=torch.float32):
 
 @pytest.mark.parametrize('autocast', [False, True], ids=['float64', 'autocast-bfloat16'])
 @pytest.mark.parametrize('shifted', [False, True], ids=['unshifted-exp', 'shifted-exp'])
-def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast, shifted, monkeypatch):
-    if shifted:  # the same logits through the softmax's shift by the max
-        monkeypatch.setattr(amixer, 'UNSHIFTED_EXP_BOUND', 0.)
+def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast, shifted):
     torch.manual_seed(0)
     sources, windows, heads, banks, head_dim = 9, 2, 3, 4, 5
     batch = 2 * windows * heads  # (image, window, head)
@@ -284,10 +289,10 @@ def test_amixer_mixing_backward_equals_autograd_of_the_plain_ops(autocast, shift
     values = torch.randn(batch, sources, head_dim, dtype=dtype, requires_grad=True)
     mask = torch.randn(sources, 1, windows * heads, sources, dtype=dtype)
     grad = torch.randn(batch, sources, head_dim, dtype=dtype)
-    assert exp_needs_no_shift(policy, bank, mask) != shifted  # the softmax path this case takes
+    assert exp_needs_no_shift(policy, bank, mask)  # so both paths are exact: the same logits, shifted or not
 
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
-        mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
+        mixed = SourceSoftmaxMix.apply(policy, bank, mask, values, shifted)
         plain = plain_mixing(policy, bank, mask, values)
     ours = torch.autograd.grad(mixed, (policy, bank, values), grad)
     theirs = torch.autograd.grad(plain, (policy, bank, values), grad)
@@ -311,9 +316,9 @@ def test_amixer_mixing_is_exact_with_large_logits_and_minus_infinity_masks():
     mask = minus_infinity_mask(sources, batch, 0.5, torch.float64)
     grad = torch.randn(batch, sources, head_dim, dtype=torch.float64)
 
-    mixed = SourceSoftmaxMix.apply(policy, bank, mask, values)
     logits = torch.bmm(policy, bank.transpose(1, 2)) + mask[:, 0]
     assert logits.max() > 1000 and not exp_needs_no_shift(policy, bank, mask)
+    mixed = SourceSoftmaxMix.apply(policy, bank, mask, values, True)
     plain = plain_mixing(policy, bank, mask, values)
     torch.testing.assert_close(mixed, plain)
     ours = torch.autograd.grad(mixed, (policy, bank, values), grad)
@@ -337,7 +342,7 @@ def test_amixer_unshifted_exp_is_exact_in_float32_near_its_bound():
     assert torch.bmm(policy, bank.transpose(1, 2)).abs().max() > 29
 
     ours = [t.clone().requires_grad_() for t in (policy, bank, values)]
-    mixed = SourceSoftmaxMix.apply(ours[0], ours[1], mask, ours[2])
+    mixed = SourceSoftmaxMix.apply(ours[0], ours[1], mask, ours[2], False)
     exact = [t.double().requires_grad_() for t in (policy, bank, values)]
     plain = plain_mixing(exact[0], exact[1], mask.double(), exact[2])
     pairs = [(mixed, plain)] + list(zip(torch.autograd.grad(mixed, ours, grad),
@@ -346,6 +351,18 @@ def test_amixer_unshifted_exp_is_exact_in_float32_near_its_bound():
         assert a.isfinite().all()
         assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max()
 
+
+def test_amixer_mixer_shifts_its_softmax_where_exp_could_overflow():
+    # a bank scaled up puts logits in the hundreds, past float32's exp (and past the bound): the mixer
+    # must take the shifted path there, or its output would be inf or nan
+    torch.manual_seed(0)
+    mixer = AdaptiveWeightMixing(dim=8, num_heads=2, window_size=3, num_banks=3)
+    with torch.no_grad():
+        mixer.weight_bank.mul_(5e4)
+    x = torch.randn(2, 6, 6, 8)
+    mixed = mixer(x, None, None)
+    assert mixed.isfinite().all()
+    torch.testing.assert_close(mixed, mixer.double()(x.double(), None, None).float())
 
 def test_amixer_unshifted_exp_bound():
     # |policy row| * |bank row| bounds every logit: 5 * 6 = 30 is the bound itself, 5 * 6.5 is past it
