@@ -217,6 +217,8 @@ def test_scaled_residual_gradients_equal_finite_differences(scale_shape):
     scale = torch.randn(scale_shape, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(ScaledResidual.apply(x, scale, y), x + scale * y)
     assert torch.autograd.gradcheck(ScaledResidual.apply, (x, scale, y))
+
+
 def test_gradient_checkpointing_recomputes_and_matches():
     golden = load_golden(GOLDEN / 'acmix_swin_small_geometry.pt')
     plain = from_reference('acmix_swin', {**golden['reference_kwargs'], 'drop_path_rate': 0.})
@@ -363,6 +365,7 @@ def test_amixer_mixer_shifts_its_softmax_where_exp_could_overflow():
     mixed = mixer(x, None, None)
     assert mixed.isfinite().all()
     torch.testing.assert_close(mixed, mixer.double()(x.double(), None, None).float())
+
 
 def test_amixer_unshifted_exp_bound():
     # |policy row| * |bank row| bounds every logit: 5 * 6 = 30 is the bound itself, 5 * 6.5 is past it
