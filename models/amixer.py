@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .swin import SwinTransformer, gather_relative, relative_position_index
+from .swin import SwinTransformer, cpu_eager, gather_relative, relative_position_index
 
 # Options of the reference classes that exist here only with their published value ...
 PUBLISHED_OPTIONS = {'ada': True, 'mode': 'linear-softmax', 'pre_proj': True, 'post_proj': True, 'relative': True}
@@ -29,11 +29,6 @@ REFERENCE_OPTION_DEFAULTS = {
 # Below this bound on |logits|, exp(logits) without the max subtracted is finite and normal in float32, with
 # a margin (e**30 is about 1e13) for the matmuls and gradients that multiply it.
 UNSHIFTED_EXP_BOUND = 30.0
-
-
-def cpu_eager(t: Tensor) -> bool:
-    """Whether `t` is on the CPU and not being traced by torch.compile: where the mixing's CPU-only passes apply."""
-    return t.device.type == 'cpu' and not torch.compiler.is_compiling()
 
 
 def exp_needs_no_shift(policy: Tensor, bank: Tensor, mask: Tensor | None = None) -> bool:

@@ -200,14 +200,22 @@ def test_drop_path_keeps_or_drops_each_samples_whole_residual(layer_scale):
     block = model.layers[0].blocks[-1]  # the last block has the whole rate: drops half the samples
     keep = 1. - block.drop_path
     gamma = block.gamma1
-    x, y = torch.randn(64, 2, 2, 8), torch.randn(64, 2, 2, 8)
-    residual = y if gamma is None else gamma * y
-    out = block.train().add_residual(x, y, gamma)
+    batch_sizes = []
+
+    def branch(t: torch.Tensor) -> torch.Tensor:  # maps each sample on its own, and records the batch it got
+        batch_sizes.append(len(t))
+        return t.square() + 1
+
+    x = torch.randn(64, 2, 2, 8)
+    residual = branch(x) if gamma is None else gamma * branch(x)
+    batch_sizes.clear()
+    out = block.train().residual(x, branch, gamma)
     kept = [torch.allclose(o, a + r / keep) for o, a, r in zip(out, x, residual)]
     dropped = [torch.equal(o, a) for o, a in zip(out, x)]
     assert all(k != d for k, d in zip(kept, dropped))  # each sample: its whole residual, scaled, or none of it
     assert 16 < sum(kept) < 48
-    torch.testing.assert_close(block.eval().add_residual(x, y, gamma), x + residual)
+    assert batch_sizes == [sum(kept)]  # on the CPU the branch runs on the kept samples only
+    torch.testing.assert_close(block.eval().residual(x, branch, gamma), x + residual)
 
 
 @pytest.mark.parametrize('scale_shape', [(4,), (2, 1, 1, 4)], ids=['per-channel', 'per-sample-and-channel'])
