@@ -478,6 +478,14 @@ def test_demo_configs_train(name):
 # Throughput benchmark
 # ----------------------------------------------------------------------------------------------------
 
+def test_benchmark_drop_path_option_sets_the_rate_of_every_model():
+    from tools.benchmark import create
+    ours = 'configs/demo/amixer_swin_demo.yaml'
+    assert create(ours).layers[-1].blocks[-1].drop_path == pytest.approx(0.05)  # the yaml's own
+    assert create(ours, 0.25).layers[-1].blocks[-1].drop_path == pytest.approx(0.25)
+    assert create('test_vit', 0.25).blocks[-1].drop_path1.drop_prob == pytest.approx(0.25)  # a timm peer
+
+
 def test_benchmark_reports_models_next_to_their_peers(tmp_path):
     acmix, amixer = 'configs/demo/acmix_swin_demo.yaml', 'configs/demo/amixer_swin_demo.yaml'
     result = run_tool('tools/benchmark.py', f'{acmix}:{amixer}', amixer, '--device', 'cpu', '--infer-batch', '2',

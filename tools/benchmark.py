@@ -39,13 +39,16 @@ DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch
 MODES = ('inference', 'training')
 
 
-def create(spec: str) -> nn.Module:
-    """The model a spec names: a config yaml, or a timm model name."""
+def create(spec: str, drop_path: float | None = None) -> nn.Module:
+    """The model a spec names: a config yaml, or a timm model name; `drop_path` overrides its stochastic-depth rate."""
     if spec.endswith('.yaml'):
         config = get_default_config()
         merge_yaml(config, spec)
+        if drop_path is not None:
+            config.defrost()
+            config.MODEL.DROP_PATH_RATE = drop_path
         return build_model(config)
-    return timm.create_model(spec)
+    return timm.create_model(spec, **({} if drop_path is None else {'drop_path_rate': drop_path}))
 
 
 def image_shape(model: nn.Module) -> tuple[int, ...]:
@@ -72,7 +75,7 @@ class Runner:
         self.device = torch.device(args.device)
         self.dtype = DTYPES[args.dtype]
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        self.model = create(spec).to(self.device, memory_format=memory_format)
+        self.model = create(spec, args.drop_path).to(self.device, memory_format=memory_format)
         # dynamic=False: a graph per batch size. By default the second size (training's, after inference's)
         # recompiles with a symbolic batch, whose kernels trained compiled ACmix-T 20% slower on CPU.
         self.forward = torch.compile(self.model, dynamic=False) if args.compile else self.model
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                         help='float32, or the autocast dtype of mixed precision (default float32)')
     parser.add_argument('--channels-last', action='store_true', help='models and images in channels-last layout')
     parser.add_argument('--compile', action='store_true', help='run the models through torch.compile')
+    parser.add_argument('--drop-path', type=float, metavar='RATE',
+                        help="every model's stochastic-depth rate in training (default: each model's own)")
     parser.add_argument('--skip-training', action='store_true', help='measure inference only')
     parser.add_argument('--json', metavar='FILE', help='also write the settings and results to FILE')
     args = parser.parse_args(argv)
@@ -183,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = {'machine': machine(torch.device(args.device)), 'device': args.device, 'torch': torch.__version__,
                 'timm': timm.__version__, 'dtype': args.dtype, 'channels_last': args.channels_last,
-                'compile': args.compile, 'infer_batch': args.infer_batch, 'train_batch': args.train_batch,
-                'warmup': args.warmup, 'rounds': args.rounds, 'malloc_keeps_freed_memory': malloc_kept}
+                'compile': args.compile, 'drop_path': args.drop_path, 'infer_batch': args.infer_batch,
+                'train_batch': args.train_batch, 'warmup': args.warmup, 'rounds': args.rounds, 'malloc_keeps_freed_memory': malloc_kept}
     options = ([args.dtype] + ['channels-last'] * args.channels_last + ['torch.compile'] * args.compile
+               + [f'drop path {args.drop_path} in every model'] * (args.drop_path is not None)
                + ['malloc keeps freed memory'] * malloc_kept)
     print(f"{settings['machine']}; torch {torch.__version__}, timm {timm.__version__}; {', '.join(options)}; "
           f'inference batch {args.infer_batch}, training batch {args.train_batch}; '
