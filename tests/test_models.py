@@ -207,8 +207,7 @@ def test_drop_path_keeps_or_drops_each_samples_whole_residual(layer_scale):
         return t.square() + 1
 
     x = torch.randn(64, 2, 2, 8)
-    residual = branch(x) if gamma is None else gamma * branch(x)
-    batch_sizes.clear()
+    residual = x.square() + 1 if gamma is None else gamma * (x.square() + 1)
     out = block.train().residual(x, branch, gamma)
     kept = [torch.allclose(o, a + r / keep) for o, a, r in zip(out, x, residual)]
     dropped = [torch.equal(o, a) for o, a in zip(out, x)]

@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {'machine': machine(torch.device(args.device)), 'device': args.device, 'torch': torch.__version__,
                 'timm': timm.__version__, 'dtype': args.dtype, 'channels_last': args.channels_last,
                 'compile': args.compile, 'drop_path': args.drop_path, 'infer_batch': args.infer_batch,
-                'train_batch': args.train_batch, 'warmup': args.warmup, 'rounds': args.rounds, 'malloc_keeps_freed_memory': malloc_kept}
+                'train_batch': args.train_batch, 'warmup': args.warmup, 'rounds': args.rounds,
+                'malloc_keeps_freed_memory': malloc_kept}
     options = ([args.dtype] + ['channels-last'] * args.channels_last + ['torch.compile'] * args.compile
                + [f'drop path {args.drop_path} in every model'] * (args.drop_path is not None)
                + ['malloc keeps freed memory'] * malloc_kept)
