@@ -251,7 +251,7 @@ class SwinBlock(nn.Module):
                 return x.index_add(0, index, y if gamma is None else y * gamma, alpha=1. / keep)
         scale = kept.div_(keep).view(-1, *(1,) * (x.ndim - 1))
         y = branch(x)
-        return torch.addcmul(x, scale, y) if gamma is None else ScaledResidual.apply(x, scale * gamma, y)
+        return ScaledResidual.apply(x, scale if gamma is None else scale * gamma, y)
 
     def mix_tokens(self, x: Tensor, ape: Tensor | None) -> Tensor:
         B, H, W, C = x.shape
