@@ -42,6 +42,8 @@ def init_distributed(device_arg: str = 'auto', local_rank_arg: int | None = None
     use_cuda = device_arg == 'cuda' or (device_arg == 'auto' and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)
+        # input sizes are fixed: cuDNN times its convolution algorithms once per shape and keeps the fastest
+        torch.backends.cudnn.benchmark = True
         device = torch.device('cuda', local_rank)
     else:
         device = torch.device('cpu')

@@ -57,22 +57,38 @@ class ACmixAttention(WindowAttention):
     def convolve(self, qkv: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """(B, H, W, head_dim, 3 * heads) projections -> (B, H, W, C) group convolution of their taps."""
         fc_weight, fc_bias = self.fc.weight.flatten(1), self.fc.bias  # (9 taps, 3 * heads), (9,)
-        groups = self.dep_conv.groups
+
+        def group_conv(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+            """Channels-last in and out: no copies, and oneDNN's fast grouped kernels on the CPU. cuDNN's
+            kernels for few input channels per group ran many times slower than their multiply-adds (ACmix-S,
+            bf16: 40% of a training step), so on CUDA it runs as the equal dense convolution."""
+            if x.is_cuda:
+                return F.conv2d(x, dense_weight(w, self.dep_conv.groups), b, padding=1)
+            return F.conv2d(x, w, b, padding=1, groups=self.dep_conv.groups)
+
         if qkv.shape[-1] > fc_weight.shape[0]:
             # the reference's 1x1 conv over the parts (q, k and v of every head), as a linear; channel
             # (d, tap) of the taps is d * 9 + tap
             taps = F.linear(qkv, fc_weight, fc_bias).flatten(3)  # B, H, W, 9 * head_dim
-            # channels-last in and out: no copies, and oneDNN's fast grouped kernels
-            return F.conv2d(taps.permute(0, 3, 1, 2), weight, bias, padding=1, groups=groups).permute(0, 2, 3, 1)
+            return group_conv(taps.permute(0, 3, 1, 2), weight, bias).permute(0, 2, 3, 1)
         # With at most 9 parts (3 heads or fewer), the fc folds into the convolution's weights at no extra
         # cost and its passes over the map go. Its bias, though, reaches the output through the zero
         # padding, so near the border it adds up over fewer kernel taps: a per-position bias map.
         folded = torch.einsum('oiyx,ij->ojyx', weight, fc_weight)
-        out = F.conv2d(qkv.flatten(3).permute(0, 3, 1, 2), folded, padding=1, groups=groups).permute(0, 2, 3, 1)
+        out = group_conv(qkv.flatten(3).permute(0, 3, 1, 2), folded).permute(0, 2, 3, 1)
         bias_kernel = torch.einsum('oiyx,i->oyx', weight, fc_bias).unsqueeze(1)
         ones = qkv.new_ones(1, 1, *qkv.shape[1:3])
         bias_map = F.conv2d(ones, bias_kernel, bias, padding=1).permute(0, 2, 3, 1)
         return out.add_(bias_map)
+
+
+def dense_weight(weight: Tensor, groups: int) -> Tensor:
+    """A group convolution's (out, in / groups, k, k) weight as the equal dense convolution's (out, in, k, k):
+    block-diagonal, each output channel's weights at its group's inputs and zeros elsewhere."""
+    out_channels = weight.shape[0]
+    group = torch.arange(out_channels, device=weight.device) // (out_channels // groups)
+    one_hot = F.one_hot(group, groups).to(weight.dtype)  # exact: each weight times 1, or 0
+    return (one_hot[:, :, None, None, None] * weight[:, None]).flatten(1, 2)
 
 
 def acmix_swin(*, qkv_bias: bool = True, qk_scale: float | None = None, drop_rate: float = 0.,

@@ -121,9 +121,10 @@ class WindowAttention(nn.Module):
         windows = qkv.unflatten(1, (H // w, w)).unflatten(3, (W // w, w)).permute(5, 0, 1, 3, 6, 2, 4, 7)
         q, k, v = windows.reshape(3, -1, bias.shape[0], w * w, head_dim).unbind(0)
         bias = bias.unsqueeze(0)
-        if bias.requires_grad:
+        if bias.requires_grad and q.device.type == 'cpu':
             # SDPA's fused CPU kernel gives no gradient for its mask, and its fallback spends extra passes
-            # over the attention matrix: plain matmuls and softmax are faster while the bias trains
+            # over the attention matrix: plain matmuls and softmax are faster while the bias trains. (CUDA's
+            # memory-efficient kernel does give it, and keeps no attention matrix for the backward.)
             attn = torch.matmul(q, k.transpose(-2, -1)).mul_(self.scale).add_(bias)
             out = attn.softmax(dim=-1) @ v
         else:
@@ -180,7 +181,8 @@ class ScaledResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, y: Tensor) -> Tensor:
-        ctx.save_for_backward(scale, y)
+        # y, a whole branch output, is kept only for the scale's gradient: a drop-path mask needs none
+        ctx.save_for_backward(scale, y if ctx.needs_input_grad[1] else None)
         return torch.addcmul(x, scale, y)
 
     @staticmethod

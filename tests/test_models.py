@@ -14,7 +14,7 @@ import torch
 
 from config import get_default_config, merge_yaml
 from models import build_model, from_reference
-from models.acmix import ACmixAttention
+from models.acmix import ACmixAttention, dense_weight
 from models.amixer import AdaptiveWeightMixing, SourceSoftmaxMix, convert_reference_state_dict, exp_needs_no_shift
 from models.swin import ScaledResidual, SwinTransformer, WindowAttention, shifted_window_mask
 from models.build import TIMM_MODELS
@@ -226,6 +226,19 @@ def test_scaled_residual_gradients_equal_finite_differences(scale_shape):
     assert torch.autograd.gradcheck(ScaledResidual.apply, (x, scale, y))
 
 
+def test_scaled_residual_keeps_the_branch_output_only_for_a_trained_scale():
+    x, y = (torch.randn(2, 3, 3, 4, requires_grad=True) for _ in range(2))
+    for scale_requires_grad in (False, True):
+        scale = torch.rand(2, 1, 1, 1, requires_grad=scale_requires_grad)  # a drop-path mask has no gradient
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = ScaledResidual.apply(x, scale, y)
+        assert any(t is y for t in saved) == scale_requires_grad
+        grad_x, grad_y = torch.autograd.grad(out, (x, y), torch.ones_like(out))
+        torch.testing.assert_close(grad_y, scale.detach().expand_as(y))
+        torch.testing.assert_close(grad_x, torch.ones_like(x))
+
+
 def test_gradient_checkpointing_recomputes_and_matches():
     golden = load_golden(GOLDEN / 'acmix_swin_small_geometry.pt')
     plain = from_reference('acmix_swin', {**golden['reference_kwargs'], 'drop_path_rate': 0.})
@@ -409,6 +422,18 @@ def test_acmix_convolution_path_equals_the_reference_formula(heads):
         torch.testing.assert_close(a, b, msg=name)
 
 
+@pytest.mark.parametrize('groups', [1, 2, 4])
+def test_dense_weight_gives_the_group_convolution(groups):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4 * groups, 5, 6, dtype=torch.float64)
+    weight = torch.randn(3 * groups, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    grouped = torch.nn.functional.conv2d(x, weight, padding=1, groups=groups)
+    dense = torch.nn.functional.conv2d(x, dense_weight(weight, groups), padding=1)
+    torch.testing.assert_close(dense, grouped)
+    grad = torch.randn_like(dense)
+    torch.testing.assert_close(torch.autograd.grad(dense, weight, grad), torch.autograd.grad(grouped, weight, grad))
+
+
 def test_no_weight_decay_names_exist():
     golden = load_golden(GOLDEN / 'swin_small_geometry.pt')
     swin = from_reference('swin', golden['reference_kwargs'])
@@ -483,6 +508,17 @@ def test_benchmark_drop_path_option_sets_the_rate_of_every_model():
     assert create(ours).layers[-1].blocks[-1].drop_path == pytest.approx(0.05)  # the yaml's own
     assert create(ours, 0.25).layers[-1].blocks[-1].drop_path == pytest.approx(0.25)
     assert create('test_vit', 0.25).blocks[-1].drop_path1.drop_prob == pytest.approx(0.25)  # a timm peer
+
+
+def test_benchmark_table_shows_peak_memory_when_measured():
+    from tools.benchmark import markdown_table
+    row = {'model': 'a', 'peer': 'b', 'inference_images_s': 4., 'peer_inference_images_s': 2., 'inference_ratio': 2.,
+           'training_images_s': 1., 'peer_training_images_s': 2., 'training_ratio': .5}
+    on_cpu = markdown_table([{**row, 'training_peak_gib': None, 'peer_training_peak_gib': None}])
+    assert 'peak' not in on_cpu and on_cpu.splitlines()[-1] == '| a | b | 4.00 | 2.00 | 2.00x | 1.00 | 2.00 | 0.50x |'
+    on_gpu = markdown_table([{**row, 'training_peak_gib': 3.5, 'peer_training_peak_gib': 3.25}])
+    assert '| training peak GiB | peer |' in on_gpu.splitlines()[0]
+    assert on_gpu.splitlines()[-1].endswith('| 0.50x | 3.50 | 3.25 |')
 
 
 def test_benchmark_reports_models_next_to_their_peers(tmp_path):

@@ -10,6 +10,8 @@ names included) or a config yaml. A pair's two models are built together and tim
 each, round after round, so that a busy machine slows both alike; a speed is the median over the
 rounds after the warm-up ones, and the ratio is the model's over its peer's. The next pair is built
 once the last is freed. A training step is forward, cross-entropy, backward and a fused AdamW step (as main.py's).
+On a GPU each model's peak memory is counted as if it ran alone: the tensors it keeps between steps
+(weights, buffers, optimizer state, its batches) plus the most that one of its steps allocated on top.
 Results print as a markdown table; --json writes them too.
 """
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Runner:
             return images, torch.randint(self.model.num_classes, (size,), device=self.device)
 
         self.batches = {'inference': batch(args.infer_batch), 'training': batch(args.train_batch)}
+        self.peak_bytes = dict.fromkeys(MODES, 0)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -99,6 +102,10 @@ class Runner:
         images, labels = self.batches[mode]
         self.model.train(mode == 'training')
         self.synchronize()
+        cuda = self.device.type == 'cuda'
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            kept, allocated = self.kept_bytes(), torch.cuda.memory_allocated(self.device)
         start = time.perf_counter()
         if mode == 'inference':
             with torch.no_grad(), self.autocast():
@@ -110,17 +117,29 @@ class Runner:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.synchronize()
-        return len(images) / (time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if cuda:
+            step_bytes = torch.cuda.max_memory_allocated(self.device) - allocated
+            self.peak_bytes[mode] = max(self.peak_bytes[mode], kept + step_bytes)
+        return len(images) / seconds
+
+    def kept_bytes(self) -> int:
+        """Bytes of the tensors this model keeps between steps (the peer's are in memory too, but not counted)."""
+        state = (t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+        batches = (t for pair in self.batches.values() for t in pair)
+        tensors = [*self.model.parameters(), *self.model.buffers(), *state, *batches]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def synchronize(self) -> None:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
 
-def measure(specs: list[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """{mode: {spec: median images/s}} of models built together and timed in turn, round after round."""
+def measure(specs: list[str], args: argparse.Namespace) -> tuple[dict, dict]:
+    """{mode: {spec: median images/s}} of models built together and timed in turn, round after round,
+    and {mode: {spec: peak GiB}} (on a GPU; empty elsewhere)."""
     runners = {spec: Runner(spec, args) for spec in specs}
-    speeds = {}
+    speeds, peaks = {}, {}
     for mode in MODES[:1] if args.skip_training else MODES:
         samples = {spec: [] for spec in runners}
         for _ in range(args.warmup):
@@ -130,16 +149,21 @@ def measure(specs: list[str], args: argparse.Namespace) -> dict[str, dict[str, f
             for spec, runner in runners.items():
                 samples[spec].append(runner.images_per_second(mode))
         speeds[mode] = {spec: statistics.median(values) for spec, values in samples.items()}
-    return speeds
+        if torch.device(args.device).type == 'cuda':
+            peaks[mode] = {spec: runner.peak_bytes[mode] / 2 ** 30 for spec, runner in runners.items()}
+    return speeds, peaks
 
 
 def compare(model: str, peer: str | None, args: argparse.Namespace) -> dict:
-    """One result: the model's and its peer's images/s in each mode, and the model's ratio to its peer."""
-    speeds = measure([model] if peer is None else [model, peer], args)
+    """One result: the model's and its peer's images/s (and peak GiB on a GPU) in each mode, and the model's
+    ratios to its peer."""
+    speeds, peaks = measure([model] if peer is None else [model, peer], args)
     result = {'model': model, 'peer': peer}
     for mode in MODES:
-        ours, theirs = speeds.get(mode, {}).get(model), speeds.get(mode, {}).get(peer)
-        result[f'{mode}_images_s'], result[f'peer_{mode}_images_s'] = ours, theirs
+        for key, values in ((f'{mode}_images_s', speeds), (f'{mode}_peak_gib', peaks)):
+            ours, theirs = values.get(mode, {}).get(model), values.get(mode, {}).get(peer)
+            result[key], result[f'peer_{key}'] = ours, theirs
+        ours, theirs = result[f'{mode}_images_s'], result[f'peer_{mode}_images_s']
         result[f'{mode}_ratio'] = ours / theirs if ours and theirs else None
     return result
 
@@ -148,12 +172,16 @@ def markdown_table(results: list[dict]) -> str:
     def cell(value: float | None, suffix: str = '') -> str:
         return '-' if value is None else f'{value:.2f}{suffix}'
 
-    lines = ['| model | peer | inference img/s | peer | ratio | training img/s | peer | ratio |',
-             '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+    memory = any(r['training_peak_gib'] for r in results)
+    lines = ['| model | peer | inference img/s | peer | ratio | training img/s | peer | ratio |'
+             + ' training peak GiB | peer |' * memory,
+             '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |' + ' ---: | ---: |' * memory]
     for r in results:
         cells = [r['model'], r['peer'] or '-']
         for mode in MODES:
             cells += [cell(r[f'{mode}_images_s']), cell(r[f'peer_{mode}_images_s']), cell(r[f'{mode}_ratio'], 'x')]
+        if memory:
+            cells += [cell(r['training_peak_gib']), cell(r['peer_training_peak_gib'])]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -178,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True  # as main.py on GPUs: the fastest convolution algorithm for each shape
     # main.py trains on CPU with this malloc setting; without it, glibc takes many steps to reach it, and a
     # model measured early in the process ran up to 10% slower than the same model measured later
     malloc_kept = args.device == 'cpu' and keep_freed_memory()
