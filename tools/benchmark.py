@@ -75,6 +75,7 @@ class Runner:
 
     def __init__(self, spec: str, args: argparse.Namespace):
         self.device = torch.device(args.device)
+        self.cuda = self.device.type == 'cuda'
         self.dtype = DTYPES[args.dtype]
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model = create(spec, args.drop_path).to(self.device, memory_format=memory_format)
@@ -102,8 +103,7 @@ class Runner:
         images, labels = self.batches[mode]
         self.model.train(mode == 'training')
         self.synchronize()
-        cuda = self.device.type == 'cuda'
-        if cuda:
+        if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
             kept, allocated = self.kept_bytes(), torch.cuda.memory_allocated(self.device)
         start = time.perf_counter()
@@ -118,7 +118,7 @@ class Runner:
             self.optimizer.zero_grad(set_to_none=True)
         self.synchronize()
         seconds = time.perf_counter() - start
-        if cuda:
+        if self.cuda:
             step_bytes = torch.cuda.max_memory_allocated(self.device) - allocated
             self.peak_bytes[mode] = max(self.peak_bytes[mode], kept + step_bytes)
         return len(images) / seconds
@@ -131,7 +131,7 @@ class Runner:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def synchronize(self) -> None:
-        if self.device.type == 'cuda':
+        if self.cuda:
             torch.cuda.synchronize(self.device)
 
 
@@ -149,7 +149,7 @@ def measure(specs: list[str], args: argparse.Namespace) -> tuple[dict, dict]:
             for spec, runner in runners.items():
                 samples[spec].append(runner.images_per_second(mode))
         speeds[mode] = {spec: statistics.median(values) for spec, values in samples.items()}
-        if torch.device(args.device).type == 'cuda':
+        if any(runner.cuda for runner in runners.values()):
             peaks[mode] = {spec: runner.peak_bytes[mode] / 2 ** 30 for spec, runner in runners.items()}
     return speeds, peaks
 
