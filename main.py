@@ -10,6 +10,7 @@ import datetime
 import json
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -27,9 +28,10 @@ from lr_scheduler import build_scheduler
 from models import build_model
 from models.amixer import convert_reference_state_dict
 from optimizer import build_optimizer
-from utils import (AverageMeter, StopRequest, UserError, all_reduce_sum, checkpoint_name, find_resume_checkpoint,
-                   get_rng_state, init_distributed, keep_freed_memory, load_checkpoint, load_model_state,
-                   prune_checkpoints, save_checkpoint, set_rng_state, set_seed, weights_are_finite)
+from utils import (THROUGHPUT_MODES, AverageMeter, StopRequest, ThroughputRunner, UserError, all_reduce_sum,
+                   checkpoint_name, find_resume_checkpoint, get_rng_state, init_distributed, keep_freed_memory,
+                   load_checkpoint, load_model_state, prune_checkpoints, save_checkpoint, set_rng_state, set_seed,
+                   weights_are_finite)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
@@ -376,47 +378,30 @@ class Trainer:
         loss, top1, top5, count = all_reduce_sum(totals).tolist()
         return {'loss': loss / count, 'acc1': 100 * top1 / count, 'acc5': 100 * top5 / count, 'count': int(count)}
 
-    def throughput(self):
-        """Images/s for inference and for a training step, on synthetic input, after warm-up."""
+    def throughput(self) -> dict[str, float]:
+        """Median images/s of inference and of a training step on synthetic input, after warm-up."""
         config, device = self.config, self.device
         batch, size = config.DATA.BATCH_SIZE, config.DATA.IMG_SIZE
         images = torch.randn(batch, config.MODEL.SWIN.IN_CHANS, size, size, device=device)
         targets = torch.randint(0, config.MODEL.NUM_CLASSES, (batch,), device=device)
-        model = torch.compile(self.model) if config.TRAIN.COMPILE else self.model
-        optimizer = build_optimizer(config, self.model, device)
-
-        def infer():
-            with torch.no_grad(), self.autocast():
-                model(images)
-
-        def train_step():
-            with self.autocast():
-                loss = F.cross_entropy(model(images), targets)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-
+        runner = ThroughputRunner(self.model, build_optimizer(config, self.model, device),
+                                  dict.fromkeys(THROUGHPUT_MODES, (images, targets)), self.autocast,
+                                  forward=torch.compile(self.model) if config.TRAIN.COMPILE else None,
+                                  scaler=self.scaler)
         results = {}
-        for name, fn, mode in (('inference', infer, False), ('training', train_step, True)):
-            model.train(mode)
+        for mode in THROUGHPUT_MODES:
             for _ in range(3):  # warm-up: allocator, autotuning, compilation
-                fn()
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            runs, start = 0, time.time()
-            while runs < 30 and (runs < 3 or time.time() - start < 20):
-                fn()
-                runs += 1
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            results[name] = batch * runs / (time.time() - start)
+                runner.images_per_second(mode)
+            speeds, start = [], time.time()
+            while len(speeds) < 30 and (len(speeds) < 3 or time.time() - start < 20):
+                speeds.append(runner.images_per_second(mode))
+            results[mode] = statistics.median(speeds)
         amp = f'AMP {config.AMP.DTYPE}' if self.autocast is not contextlib.nullcontext else 'float32'
         self.logger.info(f'throughput of {config.MODEL.NAME} at batch {batch}, {size}px, {amp}, compile '
                          f'{config.TRAIN.COMPILE}, {device}: inference {results["inference"]:.1f} images/s, '
                          f'training {results["training"]:.1f} images/s')
         if device.type == 'cuda':
-            self.logger.info(f'peak memory {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB')
+            self.logger.info(f'peak memory {max(runner.peak_bytes.values()) / 2 ** 30:.2f} GiB')
         return results
 
 

@@ -1,14 +1,18 @@
 """Distributed setup, RNG state, checkpoints and small helpers used by main.py."""
+import contextlib
 import ctypes
 import os
 import random
 import re
 import signal
+import time
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -227,3 +231,68 @@ class AverageMeter:
     @property
     def avg(self) -> float:
         return self.sum / max(self.count, 1)
+
+
+# -----------------------------------------------------------------------------
+# Throughput
+# -----------------------------------------------------------------------------
+THROUGHPUT_MODES = ('inference', 'training')
+
+
+class ThroughputRunner:
+    """One model's inference and training steps on fixed synthetic batches, timed one step at a time.
+
+    `main.py --throughput` and tools/benchmark.py both time models with it. A training step is forward,
+    cross-entropy, backward and an optimizer step (through `scaler`, main.py's float16 loss scaling).
+    On a GPU it also records the peak memory of each mode as if the model ran alone: the tensors it keeps
+    between steps (weights, buffers, optimizer state, its batches) plus the most that one step allocated.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 batches: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 scaler: torch.amp.GradScaler | None = None):
+        self.model, self.optimizer, self.batches, self.autocast = model, optimizer, batches, autocast
+        self.forward = forward or model  # e.g. the torch.compile'd model
+        self.scaler = scaler or torch.amp.GradScaler(enabled=False)
+        self.device = next(model.parameters()).device
+        self.cuda = self.device.type == 'cuda'
+        self.peak_bytes = dict.fromkeys(THROUGHPUT_MODES, 0)
+
+    def images_per_second(self, mode: str) -> float:
+        """Run and time one step of `mode` (inference or training)."""
+        images, labels = self.batches[mode]
+        self.model.train(mode == 'training')
+        self.synchronize()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            kept, allocated = self.kept_bytes(), torch.cuda.memory_allocated(self.device)
+        start = time.perf_counter()
+        if mode == 'inference':
+            with torch.no_grad(), self.autocast():
+                self.forward(images)
+        else:
+            with self.autocast():
+                loss = F.cross_entropy(self.forward(images), labels)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.synchronize()
+        seconds = time.perf_counter() - start
+        if self.cuda:
+            step_bytes = torch.cuda.max_memory_allocated(self.device) - allocated
+            self.peak_bytes[mode] = max(self.peak_bytes[mode], kept + step_bytes)
+        return len(images) / seconds
+
+    def kept_bytes(self) -> int:
+        """Bytes of the tensors this model keeps between steps (other models in memory are not counted)."""
+        state = (t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+        batches = (t for pair in self.batches.values() for t in pair)
+        tensors = [*self.model.parameters(), *self.model.buffers(), *state, *batches]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)

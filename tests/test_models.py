@@ -512,10 +512,12 @@ def test_benchmark_drop_path_option_sets_the_rate_of_every_model():
 
 def test_benchmark_table_shows_peak_memory_when_measured():
     from tools.benchmark import markdown_table
-    row = {'model': 'a', 'peer': 'b', 'inference_images_s': 4., 'peer_inference_images_s': 2., 'inference_ratio': 2.,
-           'training_images_s': 1., 'peer_training_images_s': 2., 'training_ratio': .5}
+    row = {'model': 'a', 'peer': 'b', 'infer_batch': 16, 'train_batch': 8, 'inference_images_s': 4.,
+           'peer_inference_images_s': 2., 'inference_ratio': 2., 'training_images_s': 1., 'peer_training_images_s': 2.,
+           'training_ratio': .5}
     on_cpu = markdown_table([{**row, 'training_peak_gib': None, 'peer_training_peak_gib': None}])
-    assert 'peak' not in on_cpu and on_cpu.splitlines()[-1] == '| a | b | 4.00 | 2.00 | 2.00x | 1.00 | 2.00 | 0.50x |'
+    assert 'peak' not in on_cpu
+    assert on_cpu.splitlines()[-1] == '| a | b | 16/8 | 4.00 | 2.00 | 2.00x | 1.00 | 2.00 | 0.50x |'
     on_gpu = markdown_table([{**row, 'training_peak_gib': 3.5, 'peer_training_peak_gib': 3.25}])
     assert '| training peak GiB | peer |' in on_gpu.splitlines()[0]
     assert on_gpu.splitlines()[-1].endswith('| 0.50x | 3.50 | 3.25 |')
@@ -523,15 +525,21 @@ def test_benchmark_table_shows_peak_memory_when_measured():
 
 def test_benchmark_reports_models_next_to_their_peers(tmp_path):
     acmix, amixer = 'configs/demo/acmix_swin_demo.yaml', 'configs/demo/amixer_swin_demo.yaml'
-    result = run_tool('tools/benchmark.py', f'{acmix}:{amixer}', amixer, '--device', 'cpu', '--infer-batch', '2',
-                      '--train-batch', '2', '--warmup', '0', '--rounds', '1', '--json', str(tmp_path / 'bench.json'))
+    result = run_tool('tools/benchmark.py', f'{acmix}:{amixer}@3', amixer, '--device', 'cpu', '--infer-batch', '2',
+                      '--train-batch', '2', '--warmup', '0', '--rounds', '1', '--json', str(tmp_path / 'bench.json'),
+                      '--markdown', str(tmp_path / 'bench.md'), '--profile', '4')
     assert result.returncode == 0, result.stderr
-    assert '| model | peer | inference img/s |' in result.stdout
-    assert f'| {acmix} | {amixer} |' in result.stdout and f'| {amixer} | - |' in result.stdout
+    assert '| model | peer | batch | inference img/s |' in result.stdout
+    assert f'| {acmix} | {amixer} | 3 |' in result.stdout and f'| {amixer} | - | 2 |' in result.stdout
     report = json.loads((tmp_path / 'bench.json').read_text())
     assert report['settings']['infer_batch'] == report['settings']['train_batch'] == 2
     paired, alone = report['results']
+    assert (paired['infer_batch'], paired['train_batch'], alone['infer_batch']) == (3, 3, 2)
     for mode in ('inference', 'training'):
         assert paired[f'{mode}_images_s'] > 0 and paired[f'peer_{mode}_images_s'] > 0
         assert paired[f'{mode}_ratio'] == pytest.approx(paired[f'{mode}_images_s'] / paired[f'peer_{mode}_images_s'])
         assert alone[f'{mode}_images_s'] > 0 and alone[f'{mode}_ratio'] is None
+    markdown = (tmp_path / 'bench.md').read_text()
+    assert f'| {acmix} | {amixer} | 3 |' in markdown
+    # one profile per model and mode: the paired models and the one alone, inference and training
+    assert markdown.count('### ') == 6 and f'### {acmix}, one training step' in markdown

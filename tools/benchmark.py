@@ -5,14 +5,15 @@
         amixer_t:swin_tiny_patch4_window7_224 amixer_deit_s:deit_small_patch16_224 \
         configs/swin_tiny_patch4_window7_224.yaml:swin_tiny_patch4_window7_224
 
-Each PAIR is MODEL:PEER, or a MODEL alone; a model is a timm name (this project's ACmix and AMixer
-names included) or a config yaml. A pair's two models are built together and timed in turn, one batch
+Each PAIR is MODEL:PEER, or a MODEL alone, optionally followed by @BATCH (that pair's batch size in
+both modes); a model is a timm name (this project's ACmix and AMixer names included) or a config yaml. A pair's two models are built together and timed in turn, one batch
 each, round after round, so that a busy machine slows both alike; a speed is the median over the
 rounds after the warm-up ones, and the ratio is the model's over its peer's. The next pair is built
 once the last is freed. A training step is forward, cross-entropy, backward and a fused AdamW step (as main.py's).
 On a GPU each model's peak memory is counted as if it ran alone: the tensors it keeps between steps
 (weights, buffers, optimizer state, its batches) plus the most that one of its steps allocated on top.
-Results print as a markdown table; --json writes them too.
+Results print as a markdown table; --markdown and --json write them too; --profile adds each model's
+costliest operators in one step.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import json
 import platform
 import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,15 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from config import get_default_config, merge_yaml  # noqa: E402
 from models import build_model  # noqa: E402 (the import registers the ACmix and AMixer names with timm)
 from optimizer import FUSED_DEVICES  # noqa: E402
-from utils import keep_freed_memory  # noqa: E402
+from utils import THROUGHPUT_MODES as MODES, ThroughputRunner, keep_freed_memory  # noqa: E402
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
-MODES = ('inference', 'training')
 
 
 def create(spec: str, drop_path: float | None = None) -> nn.Module:
@@ -70,102 +69,80 @@ def machine(device: torch.device) -> str:
     return f'{name}, {torch.get_num_threads()} threads'
 
 
-class Runner:
-    """One model with its batches and optimizer; runs one inference or training step at a time."""
+def runner(spec: str, batch_sizes: dict[str, int], args: argparse.Namespace) -> ThroughputRunner:
+    """The model a spec names with its synthetic batches and optimizer (a fused AdamW, as main.py's)."""
+    device = torch.device(args.device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = create(spec, args.drop_path).to(device, memory_format=memory_format)
+    # dynamic=False: a graph per batch size. By default the second size (training's, after inference's)
+    # recompiles with a symbolic batch, whose kernels are slower.
+    forward = torch.compile(model, dynamic=False) if args.compile else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type in FUSED_DEVICES)
+    shape = image_shape(model)
 
-    def __init__(self, spec: str, args: argparse.Namespace):
-        self.device = torch.device(args.device)
-        self.cuda = self.device.type == 'cuda'
-        self.dtype = DTYPES[args.dtype]
-        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        self.model = create(spec, args.drop_path).to(self.device, memory_format=memory_format)
-        # dynamic=False: a graph per batch size. By default the second size (training's, after inference's)
-        # recompiles with a symbolic batch, whose kernels trained compiled ACmix-T 20% slower on CPU.
-        self.forward = torch.compile(self.model, dynamic=False) if args.compile else self.model
-        fused = self.device.type in FUSED_DEVICES  # as main.py's optimizer
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=fused)
-        shape = image_shape(self.model)
+    def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.randn(size, *shape, device=device).contiguous(memory_format=memory_format)
+        return images, torch.randint(model.num_classes, (size,), device=device)
 
-        def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-            images = torch.randn(size, *shape, device=self.device).contiguous(memory_format=memory_format)
-            return images, torch.randint(self.model.num_classes, (size,), device=self.device)
-
-        self.batches = {'inference': batch(args.infer_batch), 'training': batch(args.train_batch)}
-        self.peak_bytes = dict.fromkeys(MODES, 0)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def images_per_second(self, mode: str) -> float:
-        """Time one step of `mode` (inference or training)."""
-        images, labels = self.batches[mode]
-        self.model.train(mode == 'training')
-        self.synchronize()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            kept, allocated = self.kept_bytes(), torch.cuda.memory_allocated(self.device)
-        start = time.perf_counter()
-        if mode == 'inference':
-            with torch.no_grad(), self.autocast():
-                self.forward(images)
-        else:
-            with self.autocast():
-                loss = F.cross_entropy(self.forward(images), labels)
-            loss.backward()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.synchronize()
-        seconds = time.perf_counter() - start
-        if self.cuda:
-            step_bytes = torch.cuda.max_memory_allocated(self.device) - allocated
-            self.peak_bytes[mode] = max(self.peak_bytes[mode], kept + step_bytes)
-        return len(images) / seconds
-
-    def kept_bytes(self) -> int:
-        """Bytes of the tensors this model keeps between steps (the peer's are in memory too, but not counted)."""
-        state = (t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t))
-        batches = (t for pair in self.batches.values() for t in pair)
-        tensors = [*self.model.parameters(), *self.model.buffers(), *state, *batches]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-    def synchronize(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
+    dtype = DTYPES[args.dtype]
+    autocast = contextlib.nullcontext if dtype == torch.float32 else partial(torch.autocast, device.type, dtype)
+    return ThroughputRunner(model, optimizer, {mode: batch(batch_sizes[mode]) for mode in MODES}, autocast, forward)
 
 
-def measure(specs: list[str], args: argparse.Namespace) -> tuple[dict, dict]:
+def profile(spec: str, runner: ThroughputRunner, mode: str, rows: int) -> str:
+    """The `rows` operators that took the most device (or CPU) time in one step of `mode`."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if runner.cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        runner.images_per_second(mode)
+    sort_by = 'self_cuda_time_total' if runner.cuda else 'self_cpu_time_total'
+    return f'### {spec}, one {mode} step\n\n' + prof.key_averages().table(sort_by=sort_by, row_limit=rows)
+
+
+def measure(specs: list[str], batch_sizes: dict[str, int], args: argparse.Namespace) -> tuple[dict, dict, list]:
     """{mode: {spec: median images/s}} of models built together and timed in turn, round after round,
-    and {mode: {spec: peak GiB}} (on a GPU; empty elsewhere)."""
-    runners = {spec: Runner(spec, args) for spec in specs}
-    speeds, peaks = {}, {}
+    {mode: {spec: peak GiB}} (on a GPU; empty elsewhere), and the --profile tables."""
+    runners = {spec: runner(spec, batch_sizes, args) for spec in specs}
+    speeds, peaks, profiles = {}, {}, []
     for mode in MODES[:1] if args.skip_training else MODES:
         samples = {spec: [] for spec in runners}
         for _ in range(args.warmup):
-            for runner in runners.values():
-                runner.images_per_second(mode)
+            for r in runners.values():
+                r.images_per_second(mode)
         for _ in range(args.rounds):
-            for spec, runner in runners.items():
-                samples[spec].append(runner.images_per_second(mode))
+            for spec, r in runners.items():
+                samples[spec].append(r.images_per_second(mode))
         speeds[mode] = {spec: statistics.median(values) for spec, values in samples.items()}
-        if any(runner.cuda for runner in runners.values()):
-            peaks[mode] = {spec: runner.peak_bytes[mode] / 2 ** 30 for spec, runner in runners.items()}
-    return speeds, peaks
+        if any(r.cuda for r in runners.values()):
+            peaks[mode] = {spec: r.peak_bytes[mode] / 2 ** 30 for spec, r in runners.items()}
+        if args.profile:
+            profiles += [profile(spec, r, mode, args.profile) for spec, r in runners.items()]
+    return speeds, peaks, profiles
 
 
-def compare(model: str, peer: str | None, args: argparse.Namespace) -> dict:
+def parse_pair(pair: str, args: argparse.Namespace) -> tuple[str, str | None, dict[str, int]]:
+    """MODEL[:PEER][@BATCH] -> (model, peer or None, {mode: batch size}); @BATCH sets both modes' batch."""
+    pair, _, batch = pair.partition('@')
+    model, _, peer = pair.partition(':')
+    sizes = {'inference': args.infer_batch, 'training': args.train_batch}
+    return model, peer or None, dict.fromkeys(MODES, int(batch)) if batch else sizes
+
+
+def compare(pair: str, args: argparse.Namespace) -> tuple[dict, list]:
     """One result: the model's and its peer's images/s (and peak GiB on a GPU) in each mode, and the model's
-    ratios to its peer."""
-    speeds, peaks = measure([model] if peer is None else [model, peer], args)
-    result = {'model': model, 'peer': peer}
+    ratios to its peer; and the --profile tables."""
+    model, peer, batch_sizes = parse_pair(pair, args)
+    speeds, peaks, profiles = measure([model] if peer is None else [model, peer], batch_sizes, args)
+    result = {'model': model, 'peer': peer, 'infer_batch': batch_sizes['inference'],
+              'train_batch': batch_sizes['training']}
     for mode in MODES:
         for key, values in ((f'{mode}_images_s', speeds), (f'{mode}_peak_gib', peaks)):
             ours, theirs = values.get(mode, {}).get(model), values.get(mode, {}).get(peer)
             result[key], result[f'peer_{key}'] = ours, theirs
         ours, theirs = result[f'{mode}_images_s'], result[f'peer_{mode}_images_s']
         result[f'{mode}_ratio'] = ours / theirs if ours and theirs else None
-    return result
+    return result, profiles
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -173,11 +150,12 @@ def markdown_table(results: list[dict]) -> str:
         return '-' if value is None else f'{value:.2f}{suffix}'
 
     memory = any(r['training_peak_gib'] for r in results)
-    lines = ['| model | peer | inference img/s | peer | ratio | training img/s | peer | ratio |'
+    lines = ['| model | peer | batch | inference img/s | peer | ratio | training img/s | peer | ratio |'
              + ' training peak GiB | peer |' * memory,
-             '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |' + ' ---: | ---: |' * memory]
+             '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |' + ' ---: | ---: |' * memory]
     for r in results:
-        cells = [r['model'], r['peer'] or '-']
+        batch = str(r['infer_batch']) if r['infer_batch'] == r['train_batch'] else f"{r['infer_batch']}/{r['train_batch']}"
+        cells = [r['model'], r['peer'] or '-', batch]
         for mode in MODES:
             cells += [cell(r[f'{mode}_images_s']), cell(r[f'peer_{mode}_images_s']), cell(r[f'{mode}_ratio'], 'x')]
         if memory:
@@ -188,7 +166,8 @@ def markdown_table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('pairs', nargs='+', metavar='PAIR', help='MODEL:PEER or MODEL (timm name or config yaml)')
+    parser.add_argument('pairs', nargs='+', metavar='PAIR',
+                        help='MODEL:PEER or MODEL (timm name or config yaml), optionally @BATCH for both modes')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument('--infer-batch', type=int, default=16, help='inference batch size (default 16)')
@@ -202,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--drop-path', type=float, metavar='RATE',
                         help="every model's stochastic-depth rate in training (default: each model's own)")
     parser.add_argument('--skip-training', action='store_true', help='measure inference only')
+    parser.add_argument('--profile', type=int, metavar='ROWS',
+                        help="after timing, profile one step of each model and mode: its ROWS costliest operators")
     parser.add_argument('--json', metavar='FILE', help='also write the settings and results to FILE')
+    parser.add_argument('--markdown', metavar='FILE', help='also write the table (and any profiles) to FILE')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     malloc_kept = args.device == 'cpu' and keep_freed_memory()
 
     torch.manual_seed(0)
-    results = [compare(*pair.split(':', 1), args) if ':' in pair else compare(pair, None, args)
-               for pair in args.pairs]
+    results, profiles = [], []
+    for pair in args.pairs:
+        result, pair_profiles = compare(pair, args)
+        results.append(result)
+        profiles += pair_profiles
 
     settings = {'machine': machine(torch.device(args.device)), 'device': args.device, 'torch': torch.__version__,
                 'timm': timm.__version__, 'dtype': args.dtype, 'channels_last': args.channels_last,
@@ -223,10 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     options = ([args.dtype] + ['channels-last'] * args.channels_last + ['torch.compile'] * args.compile
                + [f'drop path {args.drop_path} in every model'] * (args.drop_path is not None)
                + ['malloc keeps freed memory'] * malloc_kept)
-    print(f"{settings['machine']}; torch {torch.__version__}, timm {timm.__version__}; {', '.join(options)}; "
-          f'inference batch {args.infer_batch}, training batch {args.train_batch}; '
-          f'medians of {args.rounds} alternating rounds after {args.warmup} warm-up rounds\n')
-    print(markdown_table(results))
+    report = '\n\n'.join([
+        f"{settings['machine']}; torch {torch.__version__}, timm {timm.__version__}; {', '.join(options)}; "
+        f'inference batch {args.infer_batch}, training batch {args.train_batch} unless a row says otherwise; '
+        f'medians of {args.rounds} alternating rounds after {args.warmup} warm-up rounds',
+        markdown_table(results), *profiles])
+    print(report)
+    if args.markdown:
+        Path(args.markdown).write_text(report + '\n')
     if args.json:
         Path(args.json).write_text(json.dumps({'settings': settings, 'results': results}, indent=1) + '\n')
     return 0
