@@ -1,6 +1,7 @@
 """Launching under SLURM's srun: the process layout read from SLURM's variables, two CPU tasks started with
 srun's variables by hand training as one group, and a clear error where the layout is incomplete."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from tests.helpers import AMIXER, ROOT, final_checkpoint, free_port, launch, run_dir, train_args
-from utils import UserError, first_slurm_host, launch_layout
+from utils import UserError, first_slurm_host, launch_layout, list_checkpoints
 
 LAUNCH_VARIABLES = ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
 
@@ -75,33 +76,56 @@ def test_launch_layout_names_what_is_missing(monkeypatch, variables, named):
 
 
 def srun_step(args: list[str], ntasks: int, without: str = '') -> list[subprocess.Popen]:
-    """main.py as `srun --ntasks NTASKS` on one node starts it: SLURM's variables (less `without`), no torchrun's."""
+    """main.py as `srun --ntasks NTASKS` on one node starts it: SLURM's variables (less `without`), no torchrun's;
+    each task leads a process group of its own, as each task of a step has a process container of its own."""
     environ = {k: v for k, v in os.environ.items() if not is_launch_variable(k)}
     step = {'SLURM_JOB_ID': '1', 'SLURM_NTASKS': str(ntasks), 'SLURM_STEP_NUM_TASKS': str(ntasks),
             'SLURM_STEP_NODELIST': 'localhost', 'SLURM_JOB_NODELIST': 'localhost', 'MASTER_PORT': str(free_port()),
-            'OMP_NUM_THREADS': '1'}  # as torchrun sets for its workers: the same thread count, the same sums
+            'OMP_NUM_THREADS': '1',  # as torchrun sets for its workers: the same thread count, the same sums
+            'PYTHONUNBUFFERED': '1'}
     tasks = []
     for task in range(ntasks):
         env = {**environ, **step, 'SLURM_PROCID': str(task), 'SLURM_LOCALID': str(task)}
         env.pop(without, None)
         tasks.append(subprocess.Popen([sys.executable, 'main.py', *args], cwd=ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
     return tasks
 
 
 def finish(tasks: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
-    return [(task.wait(timeout=300), *task.communicate()) for task in tasks]
+    """(exit status, stdout, stderr) of each task."""
+    outputs = [task.communicate(timeout=300) for task in tasks]
+    return [(task.returncode, out, err) for task, (out, err) in zip(tasks, outputs)]
 
 
-def test_srun_tasks_train_as_one_group(tiny_data, tmp_path):
-    """Two tasks of a step train as one process group: the weights torchrun's two workers reach."""
+def test_srun_tasks_train_as_one_group_and_survive_sigterm(tiny_data, tmp_path):
+    """Two tasks of a step train as one process group and reach the weights of torchrun's two workers, though
+    SIGTERM stopped them mid-epoch, sent as SLURM sends it (to every process of the step, loader workers too),
+    and the same step was started again."""
     launch(train_args(AMIXER, tiny_data, tmp_path / 'torchrun', batch=8), nproc=2, launcher='torchrun')
-    for rc, out, err in finish(srun_step(train_args(AMIXER, tiny_data, tmp_path / 'srun', batch=8), ntasks=2)):
+    expected = final_checkpoint(tmp_path / 'torchrun', 0)
+
+    args = train_args(AMIXER, tiny_data, tmp_path / 'srun', 'DATA.NUM_WORKERS', '2', 'PRINT_FREQ', '1', batch=8)
+    tasks = srun_step(args, ntasks=2)
+    for line in tasks[0].stdout:  # rank 0 logs to the console
+        if 'train epoch 0 [3/10]' in line:
+            break
+    else:
+        raise AssertionError(f'the step never reached step 3: {finish(tasks)}')
+    for task in tasks:
+        os.killpg(task.pid, signal.SIGTERM)
+    for rc, out, err in finish(tasks):
+        assert rc == 0, out[-3000:] + err[-5000:]
+    (stopped,) = list_checkpoints(run_dir(tmp_path / 'srun'))
+    assert 3 <= torch.load(stopped, weights_only=True)['step'] < 10
+
+    for rc, out, err in finish(srun_step(args, ntasks=2)):
         assert rc == 0, out[-3000:] + err[-5000:]
     for rank in (0, 1):
         with open(os.path.join(run_dir(tmp_path / 'srun'), f'log_rank{rank}.txt')) as f:
-            assert f'rank {rank}/2 on cpu' in f.read()
-    expected, got = final_checkpoint(tmp_path / 'torchrun', 0), final_checkpoint(tmp_path / 'srun', 0)
+            log = f.read()
+        assert f'rank {rank}/2 on cpu' in log and 'stopped by SIGTERM' in log and f'resuming from {stopped}' in log
+    got = final_checkpoint(tmp_path / 'srun', 0)
     assert got['step'] == expected['step'] == 160 // (8 * 2)
     for key, value in expected['model'].items():
         assert torch.equal(value, got['model'][key]), key
