@@ -1,5 +1,6 @@
-"""Launching under SLURM's srun: the process layout read from SLURM's variables, two CPU tasks started with
-srun's variables by hand training as one group, and a clear error where the layout is incomplete."""
+"""Launching under SLURM's srun: the process layout read from SLURM's variables; two CPU tasks started with
+srun's variables by hand train as one group, also across a SIGTERM sent as SLURM sends it; a clear error
+where the layout is incomplete."""
 import os
 import signal
 import subprocess
