@@ -35,26 +35,60 @@ class DistInfo:
         return self.rank == 0
 
 
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list, which SLURM writes compressed: 'gpu[07-09,12],cpu1' -> 'gpu07'."""
+    item = re.match(r'(?:[^,\[]|\[[^\]]*\])+', nodelist)
+    if item is None:
+        raise UserError(f'no host in the SLURM node list {nodelist!r}')
+    # SLURM sorts what a bracket holds, so the first host takes the first number of each bracket
+    return re.sub(r'\[([^\]]*)\]', lambda m: re.split(r'[-,]', m.group(1))[0], item.group(0))
+
+
+def launch_layout(local_rank_arg: int | None = None) -> tuple[int, int, int, str]:
+    """(rank, world size, local rank, rendezvous URL) of this process: from torchrun's variables (which
+    torch.distributed.launch sets too), else from those srun gives each task of a step; neither: one process."""
+    env = os.environ
+    # In a step, the step's task count (a shell in the interactive step of a 16-task salloc has SLURM_NTASKS
+    # 16, yet is one process); outside a step, the allocation's.
+    tasks = int(env.get('SLURM_STEP_NUM_TASKS') or env.get('SLURM_NTASKS') or 1)
+    if 'WORLD_SIZE' in env or tasks == 1:
+        return (int(env.get('RANK', 0)), int(env.get('WORLD_SIZE', 1)),
+                int(env.get('LOCAL_RANK', local_rank_arg or 0)), 'env://')
+    nodelist = env.get('SLURM_STEP_NODELIST') or env.get('SLURM_JOB_NODELIST') or env.get('SLURM_NODELIST')
+    missing = [name for name in ('SLURM_STEP_NUM_TASKS', 'SLURM_PROCID', 'SLURM_LOCALID') if not env.get(name)]
+    if not nodelist:
+        missing.append('a node list (SLURM_STEP_NODELIST, SLURM_JOB_NODELIST or SLURM_NODELIST)')
+    if missing:
+        raise UserError(f'SLURM reports {tasks} tasks, but this process has no {", ".join(missing)}: it is not '
+                        'one task of an srun step and cannot join their process group. Launch one task per GPU '
+                        'with `srun python main.py ...` (or use torchrun), or one process with `srun --ntasks 1 ...`')
+    rank = int(env['SLURM_PROCID'])
+    if not 0 <= rank < tasks:
+        raise UserError(f'SLURM_PROCID is {rank}, outside the {tasks} tasks of the step (SLURM_STEP_NUM_TASKS)')
+    # Jobs sharing a node need ports of their own: one from the job id, below Linux's ephemeral ports (32768+).
+    port = int(env['MASTER_PORT']) if 'MASTER_PORT' in env else 10000 + int(env.get('SLURM_JOB_ID', 0)) % 20000
+    return rank, tasks, int(env['SLURM_LOCALID']), f'tcp://{first_slurm_host(nodelist)}:{port}'
+
+
 def init_distributed(device_arg: str = 'auto', local_rank_arg: int | None = None) -> DistInfo:
-    """Works under torchrun, `python -m torch.distributed.launch` (env vars and/or --local-rank) and
-    plain `python`: a single process needs no process group."""
-    world_size = int(os.environ.get('WORLD_SIZE', 1))
-    rank = int(os.environ.get('RANK', 0))
-    local_rank = int(os.environ.get('LOCAL_RANK', local_rank_arg if local_rank_arg is not None else 0))
+    """Works under torchrun, `python -m torch.distributed.launch` (env vars and/or --local-rank), srun
+    (one task per GPU) and plain `python`: a single process needs no process group."""
+    rank, world_size, local_rank, rendezvous_url = launch_layout(local_rank_arg)
     if device_arg == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device cuda was asked for, but CUDA is not available on this machine')
     use_cuda = device_arg == 'cuda' or (device_arg == 'auto' and torch.cuda.is_available())
     if use_cuda:
-        torch.cuda.set_device(local_rank)
+        # srun's --gpus-per-task or --gpu-bind can leave each task only its own GPU to see
+        device = torch.device('cuda', local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
         # input sizes are fixed: cuDNN times its convolution algorithms once per shape and keeps the fastest
         torch.backends.cudnn.benchmark = True
-        device = torch.device('cuda', local_rank)
     else:
         device = torch.device('cpu')
     if world_size > 1:
         # A key space of its own for each torchrun restart: in a store that outlives a failed attempt, the
         # new workers would otherwise read the addresses of the dead ones and fail to connect.
-        store, _, _ = next(dist.rendezvous('env://', rank=rank, world_size=world_size))
+        store, _, _ = next(dist.rendezvous(rendezvous_url, rank=rank, world_size=world_size))
         attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
         dist.init_process_group('nccl' if use_cuda else 'gloo', store=dist.PrefixStore(f'attempt_{attempt}', store),
                                 rank=rank, world_size=world_size, device_id=device if use_cuda else None)

@@ -1,6 +1,7 @@
 """Datasets, samplers and loaders for training and validation, built from the config."""
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Optional
 
@@ -58,12 +59,20 @@ def build_loader(config, rank=0, world_size=1, device=torch.device('cpu')):
         # A loader's own generator: each new iterator draws a base seed from it, and must not draw from the
         # global one, whose stream (drop path, mixup) a run resumed mid-epoch must continue exactly.
         generator=torch.Generator(),
+        worker_init_fn=_leave_stopping_to_the_main_process,
     )
     loader_train = DataLoader(dataset_train, sampler=sampler_train, drop_last=True, **loader_options)
     sampler_val = EvalSampler(len(dataset_val), rank, world_size)
     loader_val = DataLoader(dataset_val, sampler=sampler_val, **loader_options)
     return LoadedData(dataset_train, dataset_val, loader_train, loader_val, sampler_train, mixup_fn,
                       num_classes)
+
+
+def _leave_stopping_to_the_main_process(worker_id: int) -> None:
+    """SLURM signals every process of a job step, loader workers too, and torch makes a worker die of SIGTERM:
+    the main process would then fail in the step in flight instead of checkpointing (utils.StopRequest).
+    Workers ignore SIGTERM and end when the main process closes its loaders."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _set_num_classes(config, num_classes):
