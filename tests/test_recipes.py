@@ -126,8 +126,8 @@ def steps_per_epoch(config, world_size: int) -> int:
     return len(sampler) // (batch * accum)
 
 
-def swin_command(name: str, batch: int, *flags: str) -> list[str]:
-    """Swin get_started.md and ACmix Swin-Transformer/README.md: --cfg, --data-path, --batch-size on 8 GPUs."""
+def cfg_command(name: str, batch: int, *flags: str) -> list[str]:
+    """The --cfg form of Swin's get_started.md, ACmix's Swin-Transformer/README.md and this project's README."""
     return ['--cfg', f'{ROOT}/configs/{name}.yaml', '--data-path', '/path/to/imagenet', '--batch-size', str(batch),
             *flags]
 
@@ -154,19 +154,19 @@ def official_swin(batch: int, accum: int, prefix: bool):
 
 
 PUBLISHED = [
-    pytest.param(swin_command('swin_tiny_patch4_window7_224', 128), lambda: official_swin(128, 1, True), id='swin_t'),
-    pytest.param(swin_command('swin_small_patch4_window7_224', 128), lambda: official_swin(128, 1, True), id='swin_s'),
-    pytest.param(swin_command('swin_base_patch4_window7_224', 64, '--accumulation-steps', '2'),
+    pytest.param(cfg_command('swin_tiny_patch4_window7_224', 128), lambda: official_swin(128, 1, True), id='swin_t'),
+    pytest.param(cfg_command('swin_small_patch4_window7_224', 128), lambda: official_swin(128, 1, True), id='swin_s'),
+    pytest.param(cfg_command('swin_base_patch4_window7_224', 64, '--accumulation-steps', '2'),
                  lambda: official_swin(64, 2, True), id='swin_b'),
-    pytest.param(swin_command('swin_tiny_patch4_window7_224', 128, '--opts', 'TRAIN.LR_SCHEDULER.WARMUP_PREFIX',
+    pytest.param(cfg_command('swin_tiny_patch4_window7_224', 128, '--opts', 'TRAIN.LR_SCHEDULER.WARMUP_PREFIX',
                               'False'), lambda: official_swin(128, 1, False), id='swin_t_released_schedule'),
-    pytest.param(swin_command('acmix_swin_tiny_patch4_window7_224', 128), lambda: official_swin(128, 1, False),
+    pytest.param(cfg_command('acmix_swin_tiny_patch4_window7_224', 128), lambda: official_swin(128, 1, False),
                  id='acmix_swin_t'),
     pytest.param(seed_commands('acmix_deepspark_README.md')[0], lambda: official_swin(128, 1, False),
                  id='acmix_swin_s_vendor_recipe'),
 ] + [pytest.param(AMIXER_README[name], lambda name=name: official_amixer(name), id=f'{name}_readme_lr')
      for name in AMIXER_BATCH] + [
-    pytest.param(swin_command(name, batch, '--accumulation-steps', str(accum)), lambda name=name: official_amixer(name),
+    pytest.param(cfg_command(name, batch, '--accumulation-steps', str(accum)), lambda name=name: official_amixer(name),
                  id=f'{name}_cfg') for name, (batch, accum) in AMIXER_BATCH.items()]
 
 
