@@ -87,6 +87,7 @@ _C.TRAIN.BASE_LR = 5e-4
 _C.TRAIN.WARMUP_LR = 5e-7
 _C.TRAIN.MIN_LR = 5e-6
 _C.TRAIN.LR_SCALE_BATCH = 512
+_C.TRAIN.SCALE_MIN_LR = True  # False: MIN_LR is absolute, whatever the batch (AMixer's --min_lr)
 _C.TRAIN.CLIP_GRAD = 5.0  # 0: no clipping
 _C.TRAIN.AUTO_RESUME = True
 _C.TRAIN.ACCUMULATION_STEPS = 1
@@ -100,6 +101,10 @@ _C.TRAIN.LR_SCHEDULER = CN()
 _C.TRAIN.LR_SCHEDULER.NAME = 'cosine'  # cosine | linear | step
 _C.TRAIN.LR_SCHEDULER.DECAY_EPOCHS = 30  # step
 _C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1  # step
+# True: the decay spans the steps after the warm-up (Swin's key, its default since 2022); False: it spans
+# the whole run and the warm-up overrides its start (ACmix, and the released Swin weights)
+_C.TRAIN.LR_SCHEDULER.WARMUP_PREFIX = True
+_C.TRAIN.LR_SCHEDULER.WARMUP_INCLUSIVE = False  # True: the last warm-up step is at BASE_LR (np.linspace, AMixer)
 
 _C.TRAIN.OPTIMIZER = CN()
 _C.TRAIN.OPTIMIZER.NAME = 'adamw'  # adamw | sgd
@@ -175,4 +180,5 @@ def merge_yaml(config, cfg_file):
             merge_yaml(config, os.path.join(os.path.dirname(cfg_file), base))
     config.defrost()
     config.merge_from_file(cfg_file)
+    config.BASE = ['']  # merged already: a dump of the config (config.yaml of a run) stands on its own
     config.freeze()

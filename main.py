@@ -147,10 +147,9 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise UserError(f'the training set ({len(data.dataset_train)} images) is smaller than one global batch '
                             f'({global_batch} = {batch} per device x {self.dist.world_size} x {accum} accumulation)')
-        lr_scale = global_batch / config.TRAIN.LR_SCALE_BATCH if config.TRAIN.LR_SCALE_BATCH else 1.0
-        self.lr_scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch, lr_scale)
+        self.lr_scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch, self.dist.world_size)
         self.logger.info(f'global batch {global_batch}, {self.steps_per_epoch} optimizer steps per epoch, '
-                         f'peak lr {self.lr_scheduler.base_lr:.3g}')
+                         f'peak lr {self.lr_scheduler.base_lr:.3g}, min lr {self.lr_scheduler.min_lr:.3g}')
 
         if data.mixup_fn is not None:
             self.criterion = SoftTargetCrossEntropy()
@@ -212,6 +211,8 @@ class Trainer:
             state = {k: v for k, v in state.items() if k not in head}
             state.update({k: own[k] for k in head})
         load_model_state(self.model, state, path)
+        if self.model_ema is not None:  # the EMA starts from these weights, as AMixer's --finetune does
+            self.model_ema.set(self.model)
         self.logger.info(f'loaded pretrained weights from {path}')
 
     # ------------------------------------------------------------------ checkpoints
@@ -319,8 +320,8 @@ class Trainer:
             self.scaler.step(self.optimizer)  # skipped when a gradient is inf/NaN
             self.scaler.update(None if self.fp16 else 1.0)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.model_ema is not None:
-                self.model_ema.update(self.model, step=global_step)
+            if self.model_ema is not None:  # no step: DECAY from the first update on, as timm's ModelEma in AMixer
+                self.model_ema.update(self.model)
             pending_checks.append((global_step, ~torch.isfinite(grad_norm)))
 
             done = step + 1
