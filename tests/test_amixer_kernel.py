@@ -24,6 +24,7 @@ CASES = {
     'n49-k16-d48-masked': (49, 16, 48, 2, 1, 2, True),
     'n36-k16-d48-masked': (36, 16, 48, 5, 1, 1, True),
 }
+AUTOCAST_CASE = 'n36-k16-d48-masked'
 MODELS = ['amixer_deit_small_geometry', 'amixer_swin_small_geometry']  # AMixer-Swin's has shifted windows
 
 
@@ -63,12 +64,13 @@ def model_step(name):
             'grads': {key: param.grad for key, param in model.named_parameters()}}
 
 
-def kernel_step(name):
+def kernel_step(name, autocast=None):
     from models.amixer_mix import FusedSourceSoftmaxMix
     policy, bank, values, mask, heads, grad = case_tensors(name)
     inputs = [t.requires_grad_() for t in (policy, bank, values)]
-    mixed = FusedSourceSoftmaxMix.apply(*inputs, mask, heads)
-    return {'mixed': mixed.detach(), 'grads': torch.autograd.grad(mixed, inputs, grad)}
+    with torch.autocast('cpu', dtype=autocast, enabled=autocast is not None):
+        mixed = FusedSourceSoftmaxMix.apply(*inputs, mask, heads)
+    return {'mixed': mixed.detach(), 'grads': torch.autograd.grad(mixed, inputs, grad.to(mixed.dtype))}
 
 
 @pytest.fixture(scope='module')
@@ -116,6 +118,21 @@ def test_fused_mixing_equals_the_plain_maths_forward_and_backward(interpreted, n
         assert_near(a, b, 1e-5, label)
 
 
+def test_fused_mixing_under_float16_autocast(interpreted):
+    # 16-bit matmul inputs (float16: the interpreter's dot reads bfloat16 as integers), float32 softmax:
+    # about float16's rounding (2**-11) off the exact result, as SourceSoftmaxMix under autocast
+    policy, bank, values, mask, heads, grad = case_tensors(AUTOCAST_CASE)
+    exact = [t.double().requires_grad_() for t in (policy, bank, values)]
+    mixed = plain_mixing(*exact, mask.double(), heads)
+    expected = [mixed.detach(), *torch.autograd.grad(mixed, exact, grad.double())]
+    ours = interpreted['kernel'][AUTOCAST_CASE + '@float16']
+    assert ours['mixed'].dtype == torch.float16
+    for label, a, b in zip(('mixed', 'policy grad', 'bank grad', 'values grad'), [ours['mixed'], *ours['grads']],
+                           expected):
+        assert a.shape == b.shape, label
+        assert_near(a, b, 3e-3, label)
+
+
 @pytest.mark.parametrize('name', MODELS)
 def test_amixer_models_with_the_fused_mixing_equal_the_models_without_it(interpreted, name):
     from models.amixer import AdaptiveWeightMixing
@@ -142,5 +159,9 @@ def test_an_unknown_cuda_mixing_is_a_clear_error(monkeypatch):
 if __name__ == '__main__':  # a worker: python tests/test_amixer_kernel.py kernel|models OUT, under TRITON_INTERPRET=1
     part, path = sys.argv[1:]
     assert os.environ.get('TRITON_INTERPRET') == '1', 'run under TRITON_INTERPRET=1'
-    step, names = (kernel_step, CASES) if part == 'kernel' else (model_step, MODELS)
-    torch.save({name: step(name) for name in names}, path)
+    if part == 'kernel':
+        results = {name: kernel_step(name) for name in CASES}
+        results[AUTOCAST_CASE + '@float16'] = kernel_step(AUTOCAST_CASE, torch.float16)
+    else:
+        results = {name: model_step(name) for name in MODELS}
+    torch.save(results, path)
