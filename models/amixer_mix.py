@@ -198,13 +198,15 @@ def _padded(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _tiles(N: int, K: int, D: int) -> dict[str, int]:
-    """Tile sizes and warps for (N, banks, head_dim): 16 x 16 tiles, the smallest the dots take, over 8 warps.
+def _tiles(N: int, K: int, D: int, dtype: torch.dtype) -> dict[str, int]:
+    """Tile sizes and launch options for (N, banks, head_dim): 16 x 16 tiles, the smallest the dots take,
+    over 8 warps. float32 goes unpipelined: its dots' operands, staged in shared memory, would not fit.
 
-    Cross-compiled for sm_90 (not yet timed on a GPU), the kernels fit their registers at 16 banks and
-    head_dim 32; the backward spills a little from 32 banks or head_dim 48 up.
+    Cross-compiled for sm_90 (not yet timed on a GPU): in 16 bits, the kernels fit their registers at 16
+    banks and head_dim 32; the backward spills a little from 32 banks or head_dim 48 up.
     """
-    return dict(N=N, K=K, D=D, BS=16, BT=16, KP=_padded(K), DP=_padded(D), num_warps=8)
+    stages = {'num_stages': 1} if dtype == torch.float32 else {}
+    return dict(N=N, K=K, D=D, BS=16, BT=16, KP=_padded(K), DP=_padded(D), num_warps=8, **stages)
 
 
 class FusedSourceSoftmaxMix(torch.autograd.Function):
@@ -230,7 +232,7 @@ class FusedSourceSoftmaxMix(torch.autograd.Function):
         ctx.sizes = (n_rows, period, heads)
         ctx.n_groups = period * triton.cdiv(n_rows // period, GROUP)
         precision = 'tf32' if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else 'ieee'
-        ctx.meta = dict(HAS_MASK=mask is not None, PRECISION=precision, GROUP=GROUP, **_tiles(N, K, D))
+        ctx.meta = dict(HAS_MASK=mask is not None, PRECISION=precision, GROUP=GROUP, **_tiles(N, K, D, dtype))
         mixed = torch.empty_like(values)
         lse = torch.empty(n_rows, N, device=values.device, dtype=torch.float32)
         grid = (ctx.n_groups, triton.cdiv(N, ctx.meta['BT']))
