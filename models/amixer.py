@@ -9,6 +9,7 @@ never shifts, pads or merges, and its position embedding is the backbone's absol
 """
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -68,6 +69,13 @@ def sum_over_sources(exp: Tensor) -> Tensor:
     return total
 
 
+def mixing_dtype(values: Tensor) -> torch.dtype:
+    """The dtype of the mixing's matmuls: autocast's where it is on for values' device, else values'."""
+    device = values.device.type
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)  # not on 'meta'
+    return torch.get_autocast_dtype(device) if autocast else values.dtype
+
+
 class SourceSoftmaxMix(torch.autograd.Function):
     """mixed[b, t] = sum over sources s of softmax_s(logits)[s, b, t] * values[b, s], where
     logits[s, b, t] = policy[s, b] . bank[s, t] (+ the mask, which repeats every prod(mask.shape[2:-1]) of b).
@@ -92,9 +100,7 @@ class SourceSoftmaxMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, policy: Tensor, bank: Tensor, mask: Tensor | None, values: Tensor, shift: bool) -> Tensor:
         # policy (S, b, banks), bank (S, T, banks), mask (S, 1, ..., T) or None, values (b, S, d) -> (b, T, d)
-        device = values.device.type
-        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)  # not on 'meta'
-        dtype = torch.get_autocast_dtype(device) if autocast else values.dtype
+        dtype = mixing_dtype(values)
         policy, bank, values = policy.to(dtype), bank.to(dtype), values.to(dtype)
         logits = torch.bmm(policy, bank.transpose(1, 2))
         if mask is not None:
@@ -120,6 +126,32 @@ class SourceSoftmaxMix(torch.autograd.Function):
         per_target_sum = torch.linalg.vecdot(mixed.to(exp.dtype), grad)
         grad_logits = grad_weights.to(exp.dtype).sub_(per_target_sum).mul_(exp).to(values.dtype)
         return torch.bmm(grad_logits, bank), torch.bmm(grad_logits.transpose(1, 2), policy), None, grad_values, None
+
+
+# How the mixing runs on CUDA: 'triton', the fused kernels of models/amixer_mix.py, or 'torch', SourceSoftmaxMix
+# as on the CPU. A module attribute, so that a benchmark can measure both in one process.
+CUDA_MIXING = 'triton'
+
+
+def mix_sources(policy: Tensor, bank: Tensor, values: Tensor, mask: Tensor | None, heads: int, shift: bool) -> Tensor:
+    """SourceSoftmaxMix of a mixer's policy (S, b, banks), bank (S, T, banks) and values (b, S, d), b running
+    (image, window, head), with the Swin mask (windows, T, S) or None; `shift` as there.
+
+    In the fused kernels on CUDA (see CUDA_MIXING), and on the CPU under Triton's interpreter
+    (TRITON_INTERPRET=1), which is how the tests check them without a GPU. Not under torch.compile: the
+    kernels have not been run through it, while inductor fuses SourceSoftmaxMix's own passes.
+    """
+    if CUDA_MIXING not in ('triton', 'torch'):
+        raise ValueError(f"models.amixer.CUDA_MIXING must be 'triton' or 'torch', not {CUDA_MIXING!r}")
+    triton_runs = values.is_cuda or os.environ.get('TRITON_INTERPRET') == '1'
+    if CUDA_MIXING == 'triton' and triton_runs and not torch.compiler.is_compiling():
+        from .amixer_mix import FusedSourceSoftmaxMix  # imports Triton only where it runs
+        return FusedSourceSoftmaxMix.apply(policy, bank, values, mask, heads)
+    if mask is not None:
+        # the reference adds the transposed Swin mask, mask[window, target, source], to its logits
+        # as (source, 1, window, head, target): a view that broadcasts over the images and the heads
+        mask = mask.permute(2, 0, 1)[:, None, :, None, :].expand(-1, -1, -1, heads, -1)
+    return SourceSoftmaxMix.apply(policy, bank, mask, values, shift)
 
 
 class AdaptiveWeightMixing(nn.Module):
@@ -156,13 +188,9 @@ class AdaptiveWeightMixing(nn.Module):
         table = self.weight_bank.t().contiguous()
         bank_logits = gather_relative(table, self.relative_position_index)  # source, target, banks
         shift = not exp_needs_no_shift(policy, table, mask)  # on the table's rows (AMixer-DeiT: 729, not 38416)
-        if mask is not None:
-            # the reference adds the transposed Swin mask, mask[window, target, source], to its logits
-            # as (source, 1, window, head, target): a view that broadcasts over the images and the heads
-            mask = mask.permute(2, 0, 1)[:, None, :, None, :].expand(-1, -1, -1, heads, -1)
         values = by_window(self.pre_proj(x)).unflatten(-1, (heads, head_dim))
         values = values.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, N, head_dim)  # (b, window, head), source, head_dim
-        mixed = SourceSoftmaxMix.apply(policy, bank_logits, mask, values, shift)  # (b, window, head), target, head_dim
+        mixed = mix_sources(policy, bank_logits, values, mask, heads, shift)  # (b, window, head), target, head_dim
         mixed = mixed.view(B, H // w, W // w, heads, w, w, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
         return self.post_proj(mixed.reshape(B, H, W, C))
 
