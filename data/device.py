@@ -100,10 +100,10 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         if self.stream is None:
-            return (self.prepare(*batch) for batch in self.loader)
-        return self.prefetched()
+            return (self._prepare(*batch) for batch in self.loader)
+        return self._prefetched()
 
-    def prefetched(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    def _prefetched(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         """Batch k + 1 is copied and prepared on the side stream while the caller's stream runs batch k."""
         ready = None
         for batch in self.loader:
@@ -111,17 +111,18 @@ class DeviceLoader:
             # before the caller's work queued so far has run.
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self.stream):
-                upcoming = self.prepare(*batch)
+                upcoming = self._prepare(*batch)
             if ready is not None:
                 yield ready
-            # recorded after the caller queued its work on `ready`, so that this wait does not hold it up
+            # the caller's next work waits for `upcoming`: recorded only now, after the caller has queued
+            # its work on `ready`, so that that work does not wait too
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
             ready = upcoming
         if ready is not None:
             yield ready
 
-    def prepare(self, images: torch.Tensor, labels: torch.Tensor, erase_seeds: list[int],
-                bad_paths: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def _prepare(self, images: torch.Tensor, labels: torch.Tensor, erase_seeds: list[int],
+                 bad_paths: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         # to float and into (B, 3, H, W) in one copy, then ToTensor's scaling and Normalize's two steps

@@ -37,7 +37,7 @@ def build_transform(config, is_train, float_in_worker=False):
 
     `float_in_worker` gives the former transform instead: a normalised float (3, H, W) tensor, randomly
     erased (training) by the worker's seeded generators. It is kept to measure the loader against
-    (tools/benchmark.py data --float-in-worker) and to check the device's results by.
+    (tools/benchmark.py data times both) and to check the device's results by.
     """
     size = config.DATA.IMG_SIZE
     if is_train:

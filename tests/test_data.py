@@ -1,5 +1,6 @@
 import hashlib
 import itertools
+import json
 import logging
 import os
 import random
@@ -21,7 +22,7 @@ from data import BadImageTracker, DataError, DeviceLoader, build_loader
 from data.datasets import collate, load_rgb
 from data.samplers import EvalSampler, TrainSampler
 from data.transforms import build_transform
-from tools.make_demo_dataset import make_demo_dataset
+from tools.make_demo_dataset import make_demo_dataset, make_photo_dataset
 
 NUM_TRAIN, NUM_VAL = 1437, 360  # the digits, split 80/20
 TRAIN_IMAGE, VAL_IMAGE = '0/digit_0000.png', '0/digit_0078.png'  # an image of each split
@@ -88,6 +89,34 @@ def test_demo_dataset_is_deterministic_and_idempotent(demo_data, tmp_path):
     with Image.open(tmp_path / 'train' / '3' / 'digit_0003.png') as image:
         assert (image.mode, image.size) == ('RGB', (32, 32))
     assert (tmp_path / 'train_list.txt').read_text().splitlines()[0] == '0/digit_0000.png 0'
+
+
+def test_photo_dataset_is_deterministic_jpegs_of_photo_sizes(tmp_path):
+    assert make_photo_dataset(str(tmp_path / 'a'), num_train=6, num_val=2) == (6, 2)
+    make_photo_dataset(str(tmp_path / 'b'), num_train=6, num_val=2)
+    assert file_hashes(tmp_path / 'a') == file_hashes(tmp_path / 'b')
+    paths = sorted((tmp_path / 'a').rglob('*.jpg'))
+    assert sorted({path.relative_to(tmp_path / 'a').parts[:2] for path in paths}) == [
+        ('train', 'china'), ('train', 'flower'), ('val', 'china'), ('val', 'flower')]
+    assert len(paths) == 8
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == 'JPEG' and image.mode == 'RGB' and image.size in ((500, 375), (375, 500))
+
+
+def test_loader_benchmark_measures_both_paths(tmp_path, capsys):
+    from tools.benchmark import data_main  # here: it imports the models
+
+    make_photo_dataset(str(tmp_path / 'photos'), num_train=8, num_val=2)
+    assert data_main([str(tmp_path / 'photos'), '--batch-size', '4', '--images', '8', '--runs', '2',
+                      '--json', str(tmp_path / 'speed.json')]) == 0
+    result = json.loads((tmp_path / 'speed.json').read_text())
+    assert result['settings']['auto_augment'] == 'rand-m9-mstd0.5-inc1' and result['settings']['reprob'] == 0.25
+    for path in ('uint8', 'float'):
+        for kind in ('wall', 'cpu'):
+            assert len(result['images_per_worker'][path][kind]) == 2
+            assert all(value > 0 for value in result['images_per_worker'][path][kind])
+    assert 'uint8 in the worker' in capsys.readouterr().out
 
 
 # --- layouts ---
