@@ -11,7 +11,7 @@ DIR/val/<class>/; they give the data loader real decoding and augmentation work 
 Both are the same bytes on every run; re-running over DIR rewrites the same files.
 
     python tools/make_demo_dataset.py --out datasets/digits
-    python tools/make_demo_dataset.py --photos --out datasets/photos
+    python tools/make_demo_dataset.py --photos --out datasets/photos [--num-train 400 --num-val 100]
 """
 import argparse
 import os
@@ -86,9 +86,11 @@ def main():
     parser.add_argument('--out', required=True, help='folder to write the dataset into')
     parser.add_argument('--photos', action='store_true',
                         help='JPEG photographs (two classes) instead of the digits, for loader benchmarks')
+    parser.add_argument('--num-train', type=int, default=400, help='training photographs (default 400)')
+    parser.add_argument('--num-val', type=int, default=100, help='validation photographs (default 100)')
     args = parser.parse_args()
     if args.photos:
-        num_train, num_val = make_photo_dataset(args.out)
+        num_train, num_val = make_photo_dataset(args.out, args.num_train, args.num_val)
         print(f'wrote {num_train} training and {num_val} validation JPEG photographs to {args.out}')
     else:
         num_train, num_val = make_demo_dataset(args.out)
