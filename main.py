@@ -300,10 +300,8 @@ class Trainer:
             global_step = epoch * self.steps_per_epoch + step
             self.lr_scheduler.step_update(global_step)
             for micro in range(accum):
-                samples, targets, bad = next(batches)
+                samples, targets, bad = next(batches)  # on the device already
                 self.bad_images.add(bad)
-                samples = samples.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
                 if self.data.mixup_fn is not None:
                     samples, targets = self.data.mixup_fn(samples, targets)
                 # all-reduce gradients once per optimizer step, not on every micro-batch
@@ -365,10 +363,8 @@ class Trainer:
         """Loss, top-1 and top-5 (percent) over every validation image exactly once, across all ranks."""
         model.eval()
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, top-1, top-5, count
-        for images, targets, bad in self.data.loader_val:
+        for images, targets, bad in self.data.loader_val:  # on the device already
             self.bad_images.add(bad)
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
             with self.autocast():
                 output = model(images).float()
             top5 = output.topk(min(5, output.shape[1]), dim=1).indices

@@ -10,10 +10,11 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader
 
 from .datasets import BadImageTracker, DataError, ImageDataset, collate, find_samples
+from .device import DeviceLoader, SeededErasing
 from .samplers import EvalSampler, TrainSampler
 from .transforms import build_transform
 
-__all__ = ['BadImageTracker', 'DataError', 'LoadedData', 'build_loader']
+__all__ = ['BadImageTracker', 'DataError', 'DeviceLoader', 'LoadedData', 'build_loader']
 
 logger = logging.getLogger(__name__)
 
@@ -22,15 +23,17 @@ logger = logging.getLogger(__name__)
 class LoadedData:
     dataset_train: ImageDataset
     dataset_val: ImageDataset
-    loader_train: DataLoader  # batches of (images, labels, bad_paths)
-    loader_val: DataLoader
+    # batches of (images, labels, bad_paths), images and labels on the device; `.loader` is the DataLoader
+    loader_train: DeviceLoader
+    loader_val: DeviceLoader
     sampler_train: TrainSampler
     mixup_fn: Optional[Mixup]
     num_classes: int
 
 
 def build_loader(config, rank=0, world_size=1, device=torch.device('cpu')):
-    """Datasets and loaders of DATA.DATA_PATH for this rank; sets MODEL.NUM_CLASSES when it is 0.
+    """Datasets and loaders of DATA.DATA_PATH for this rank, feeding `device`; sets MODEL.NUM_CLASSES when it
+    is 0. The workers yield uint8 images, made float, normalised and randomly erased on the device.
 
     Every problem with the data found here raises a DataError in the calling process.
     """
@@ -45,6 +48,7 @@ def build_loader(config, rank=0, world_size=1, device=torch.device('cpu')):
         raise DataError(f'{len(samples_train)} training images are fewer than one global batch of '
                         f'{global_batch} (world size x DATA.BATCH_SIZE x TRAIN.ACCUMULATION_STEPS)')
     mixup_fn = _build_mixup(config, num_classes)
+    erasing = SeededErasing(config.AUG.REPROB, config.AUG.REMODE, config.AUG.RECOUNT) if config.AUG.REPROB > 0 else None
 
     dataset_train = ImageDataset(samples_train, build_transform(config, is_train=True), config.SEED)
     dataset_val = ImageDataset(samples_val, build_transform(config, is_train=False), config.SEED)
@@ -64,6 +68,9 @@ def build_loader(config, rank=0, world_size=1, device=torch.device('cpu')):
     loader_train = DataLoader(dataset_train, sampler=sampler_train, drop_last=True, **loader_options)
     sampler_val = EvalSampler(len(dataset_val), rank, world_size)
     loader_val = DataLoader(dataset_val, sampler=sampler_val, **loader_options)
+    mean, std = config.DATA.MEAN, config.DATA.STD
+    loader_train = DeviceLoader(loader_train, device, mean, std, erasing)
+    loader_val = DeviceLoader(loader_val, device, mean, std)
     return LoadedData(dataset_train, dataset_val, loader_train, loader_val, sampler_train, mixup_fn,
                       num_classes)
 

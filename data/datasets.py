@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 logger = logging.getLogger(__name__)
 
@@ -162,12 +162,22 @@ def _check_exist(list_file, entries):
 def load_rgb(path):
     """The image at `path` in RGB: grayscale, CMYK and palette images are converted, alpha is dropped."""
     with Image.open(path) as image:
+        if image.mode == 'RGB':  # most photographs: decoded as they are, without convert's copy
+            image.load()
+            return image
         return image.convert('RGB')
 
 
+def sample_seeds(seed, epoch, index):
+    """The two 64-bit seeds of a sample: the first for its augmentation in the worker, the second for its
+    random erasing on the device. Both depend on (seed, epoch, index) alone."""
+    words = np.random.SeedSequence((seed, epoch, index)).generate_state(2, np.uint64)
+    return int(words[0]), int(words[1])
+
+
 @contextlib.contextmanager
-def seeded_rngs(*key):
-    """Seed python's, numpy's and torch's CPU generators from `key` alone.
+def seeded_rngs(seed):
+    """Seed python's, numpy's and torch's CPU generators with `seed`.
 
     In a worker process the generators are the worker's own; in the main process (no workers) their state
     is restored afterwards, so that data loading does not move the training loop's random stream.
@@ -175,7 +185,6 @@ def seeded_rngs(*key):
     in_main_process = get_worker_info() is None
     if in_main_process:
         saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)  # numpy takes 32-bit seeds
     torch.default_generator.manual_seed(seed)  # not torch.manual_seed, which would also reseed CUDA
@@ -189,10 +198,11 @@ def seeded_rngs(*key):
 
 
 class ImageDataset(Dataset):
-    """`(path, label)` samples as `(image, label, bad_paths)`, indexed by `(epoch, index)` keys.
+    """`(path, label)` samples as `(image, label, erase_seed, bad_paths)`, indexed by `(epoch, index)` keys.
 
-    The augmentation of a sample depends only on (seed, epoch, index): not on workers, ranks or resumes.
-    An image that cannot be read is replaced by the next readable one; `bad_paths` names those skipped.
+    The augmentation of a sample depends only on (seed, epoch, index): not on workers, ranks or resumes;
+    so does its random erasing on the device, drawn from `erase_seed`. An image that cannot be read is
+    replaced by the next readable one; `bad_paths` names those skipped.
     """
 
     def __init__(self, samples, transform, seed=0):
@@ -205,6 +215,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
+        augment_seed, erase_seed = sample_seeds(self.seed, epoch, index)
         bad_paths = []
         for offset in range(len(self.samples)):
             path, label = self.samples[(index + offset) % len(self.samples)]
@@ -213,15 +224,18 @@ class ImageDataset(Dataset):
             except Exception:  # whatever is wrong with the file, a long run goes on without it
                 bad_paths.append(path)
                 continue
-            with seeded_rngs(self.seed, epoch, index):
-                return self.transform(image), label, tuple(bad_paths)
+            with seeded_rngs(augment_seed):
+                return self.transform(image), label, erase_seed, tuple(bad_paths)
         raise DataError(f'none of the {len(self.samples)} images could be read, e.g. {bad_paths[0]}')
 
 
 def collate(batch):
-    """Batch `(image, label, bad_paths)` samples into `(images, labels, bad_paths)`, the last a flat list."""
-    images, labels, bad_paths = zip(*batch)
-    return torch.stack(images), torch.tensor(labels), [path for paths in bad_paths for path in paths]
+    """Batch `(image, label, erase_seed, bad_paths)` samples into `(images, labels, erase_seeds, bad_paths)`,
+    the last two flat lists."""
+    images, labels, erase_seeds, bad_paths = zip(*batch)
+    # default_collate stacks a worker's images straight into shared memory: no copy on the way out
+    return (default_collate(images), torch.tensor(labels), list(erase_seeds),
+            [path for paths in bad_paths for path in paths])
 
 
 class BadImageTracker:

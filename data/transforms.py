@@ -1,4 +1,10 @@
-"""Training augmentation (timm's, as Swin uses it) and the evaluation resize and crop."""
+"""Training augmentation (timm's, as Swin uses it) and the evaluation resize and crop, in the loader's workers.
+
+The workers stop at the augmented uint8 image; conversion to float, normalisation and random erasing follow
+on the device (data/device.py).
+"""
+import numpy as np
+import torch
 from PIL import Image
 from timm.data import auto_augment, create_transform
 from torchvision import transforms
@@ -20,16 +26,29 @@ for _name in ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal'):
     auto_augment.NAME_TO_OP[_name] = _posterize
 
 
-def build_transform(config, is_train):
+def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image's pixels as a uint8 (H, W, 3) tensor: PIL's own layout, so one copy; the device puts
+    them into (3, H, W) while it converts them to float."""
+    return torch.from_numpy(np.array(image))
+
+
+def build_transform(config, is_train, float_in_worker=False):
+    """The worker's transform, ending in a uint8 (H, W, 3) tensor.
+
+    `float_in_worker` gives the former transform instead: a normalised float (3, H, W) tensor, randomly
+    erased (training) by the worker's seeded generators. It is kept to measure the loader against
+    (tools/benchmark.py data times both) and to check the device's results by.
+    """
     size = config.DATA.IMG_SIZE
     if is_train:
         transform = create_transform(
             input_size=size,
             is_training=True,
+            use_prefetcher=not float_in_worker,  # timm's name for: stop at the uint8 image
             color_jitter=config.AUG.COLOR_JITTER if config.AUG.COLOR_JITTER > 0 else None,
             hflip=config.AUG.HFLIP,
             auto_augment=None if config.AUG.AUTO_AUGMENT == 'none' else config.AUG.AUTO_AUGMENT,
-            re_prob=config.AUG.REPROB,
+            re_prob=config.AUG.REPROB,  # random erasing: taken by the float path only
             re_mode=config.AUG.REMODE,
             re_count=config.AUG.RECOUNT,
             interpolation=config.DATA.INTERPOLATION,
@@ -38,6 +57,8 @@ def build_transform(config, is_train):
         )
         if size <= SMALL_IMAGE:
             transform.transforms[0] = transforms.RandomCrop(size, padding=4)  # replaces random-resized-crop
+        if not float_in_worker:
+            transform.transforms[-1] = to_uint8_tensor  # in place of timm's (3, H, W) one, a copy more
         return transform
     # 'random' is a training-only choice; evaluation then resizes bilinearly, as Swin does.
     interpolation = 'bilinear' if config.DATA.INTERPOLATION == 'random' else config.DATA.INTERPOLATION
@@ -47,5 +68,8 @@ def build_transform(config, is_train):
                   transforms.CenterCrop(size)]
     else:
         resize = [transforms.Resize((size, size), interpolation=interpolation)]
-    normalize = [transforms.ToTensor(), transforms.Normalize(config.DATA.MEAN, config.DATA.STD)]
-    return transforms.Compose(resize + normalize)
+    if float_in_worker:
+        to_tensor = [transforms.ToTensor(), transforms.Normalize(config.DATA.MEAN, config.DATA.STD)]
+    else:
+        to_tensor = [to_uint8_tensor]
+    return transforms.Compose(resize + to_tensor)

@@ -1,4 +1,6 @@
 import hashlib
+import itertools
+import json
 import logging
 import os
 import random
@@ -10,16 +12,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from timm.data.auto_augment import AugmentOp
+from timm.data.random_erasing import RandomErasing
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms
 
 from config import get_default_config
-from data import BadImageTracker, DataError, build_loader
+from data import BadImageTracker, DataError, DeviceLoader, build_loader
 from data.datasets import collate, load_rgb
 from data.samplers import EvalSampler, TrainSampler
 from data.transforms import build_transform
-from tools.make_demo_dataset import make_demo_dataset
+from tools.make_demo_dataset import make_demo_dataset, make_photo_dataset
 
 NUM_TRAIN, NUM_VAL = 1437, 360  # the digits, split 80/20
 TRAIN_IMAGE, VAL_IMAGE = '0/digit_0000.png', '0/digit_0078.png'  # an image of each split
@@ -86,6 +89,34 @@ def test_demo_dataset_is_deterministic_and_idempotent(demo_data, tmp_path):
     with Image.open(tmp_path / 'train' / '3' / 'digit_0003.png') as image:
         assert (image.mode, image.size) == ('RGB', (32, 32))
     assert (tmp_path / 'train_list.txt').read_text().splitlines()[0] == '0/digit_0000.png 0'
+
+
+def test_photo_dataset_is_deterministic_jpegs_of_photo_sizes(tmp_path):
+    assert make_photo_dataset(str(tmp_path / 'a'), num_train=6, num_val=2) == (6, 2)
+    make_photo_dataset(str(tmp_path / 'b'), num_train=6, num_val=2)
+    assert file_hashes(tmp_path / 'a') == file_hashes(tmp_path / 'b')
+    paths = sorted((tmp_path / 'a').rglob('*.jpg'))
+    assert sorted({path.relative_to(tmp_path / 'a').parts[:2] for path in paths}) == [
+        ('train', 'china'), ('train', 'flower'), ('val', 'china'), ('val', 'flower')]
+    assert len(paths) == 8
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == 'JPEG' and image.mode == 'RGB' and image.size in ((500, 375), (375, 500))
+
+
+def test_loader_benchmark_measures_both_paths(tmp_path, capsys):
+    from tools.benchmark import data_main  # here: it imports the models
+
+    make_photo_dataset(str(tmp_path / 'photos'), num_train=8, num_val=2)
+    assert data_main([str(tmp_path / 'photos'), '--batch-size', '4', '--images', '8', '--runs', '2',
+                      '--json', str(tmp_path / 'speed.json')]) == 0
+    result = json.loads((tmp_path / 'speed.json').read_text())
+    assert result['settings']['auto_augment'] == 'rand-m9-mstd0.5-inc1' and result['settings']['reprob'] == 0.25
+    for path in ('uint8', 'float'):
+        for kind in ('wall', 'cpu'):
+            assert len(result['images_per_worker'][path][kind]) == 2
+            assert all(value > 0 for value in result['images_per_worker'][path][kind])
+    assert 'uint8 in the worker' in capsys.readouterr().out
 
 
 # --- layouts ---
@@ -190,6 +221,7 @@ def case(name, break_data, opts, fragments):
     case('fewer images than a global batch', unchanged,
          ['DATA.BATCH_SIZE', 1024, 'TRAIN.ACCUMULATION_STEPS', 2], [f'{NUM_TRAIN} training images', '2048']),
     case('odd batch for mixup', unchanged, ['DATA.BATCH_SIZE', 33], ['even DATA.BATCH_SIZE']),
+    case('unknown erasing mode', unchanged, ['AUG.REMODE', 'pixels'], ['AUG.REMODE', "'pixels'"]),
 ])
 def test_bad_data_is_explained(data_copy, break_data, opts, fragments):
     break_data(data_copy)
@@ -224,8 +256,8 @@ def test_an_epoch_goes_past_unreadable_images(data_copy, caplog):
     assert len(warnings) == 3 and all(any(path in warning for warning in warnings) for path in bad_paths)
     assert 'epoch 0: 3 unreadable images replaced' in caplog.text
     # The three sort first in class 0: the first is replaced by the first readable image, naming all three.
-    image, label, skipped = data.dataset_train[(0, 0)]
-    assert skipped == tuple(sorted(bad_paths)) and label == 0 and image.shape == (3, 32, 32)
+    image, label, _, skipped = data.dataset_train[(0, 0)]
+    assert skipped == tuple(sorted(bad_paths)) and label == 0 and image.shape == (32, 32, 3)
 
 
 def test_too_many_unreadable_images_stop_the_run(data_copy):
@@ -315,11 +347,11 @@ def test_eval_sampler_covers_each_sample_once():
 
 def test_loaders_follow_the_config(demo_data):
     data = build_loader(make_config(demo_data, 'DATA.NUM_WORKERS', 64))
-    for loader in (data.loader_train, data.loader_val):
+    for loader in (data.loader_train.loader, data.loader_val.loader):
         assert loader.num_workers == min(64, os.cpu_count()) and loader.persistent_workers
         assert not loader.pin_memory  # CPU
         assert loader.collate_fn is collate
-    assert data.loader_train.drop_last and not data.loader_val.drop_last
+    assert data.loader_train.loader.drop_last and not data.loader_val.loader.drop_last
     assert data.mixup_fn is not None and data.mixup_fn.num_classes == 10
 
     data = build_loader(make_config(demo_data, 'AUG.MIXUP', 0.0, 'AUG.CUTMIX', 0.0))
@@ -334,7 +366,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(demo_data):
     in_main_process = [dataset[key][0] for key in keys]
     # The same keys in reverse order, through two worker processes.
     loader = DataLoader(dataset, sampler=keys[::-1], batch_size=1, num_workers=2, collate_fn=collate)
-    in_workers = [images[0] for images, _, _ in loader][::-1]
+    in_workers = [images[0] for images, _, _, _ in loader][::-1]
     assert all(torch.equal(a, b) for a, b in zip(in_main_process, in_workers))
     assert not torch.equal(in_main_process[0], in_main_process[2])
 
@@ -350,6 +382,70 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(demo_data):
     assert draws() == expected
 
 
+# --- uint8 batches, made float, normalised and randomly erased on the device ---
+
+def sample_seeds(seed, epoch, index):
+    """The documented seeds of a sample: the two words that SeedSequence((seed, epoch, index)) begins with."""
+    return [int(word) for word in np.random.SeedSequence((seed, epoch, index)).generate_state(2, np.uint64)]
+
+
+def worker_float_image(config, path, seed, epoch, index):
+    """What the workers made of a training sample before: the float transform, seeded by its first seed,
+    and timm's random erasing, seeded by its second."""
+    augment_seed, erase_seed = sample_seeds(seed, epoch, index)
+    random.seed(augment_seed)
+    np.random.seed(augment_seed % 2 ** 32)
+    torch.manual_seed(augment_seed)
+    *augment, erasing = build_transform(config, is_train=True, float_in_worker=True).transforms
+    assert isinstance(erasing, RandomErasing)
+    image = transforms.Compose(augment)(load_rgb(path))
+    random.seed(erase_seed)
+    torch.manual_seed(erase_seed)
+    return RandomErasing(config.AUG.REPROB, mode=config.AUG.REMODE, max_count=config.AUG.RECOUNT,
+                         device='cpu')(image)
+
+
+@pytest.mark.parametrize('mode, count', [('pixel', 3), ('rand', 1), ('const', 2)])
+def test_device_batches_are_the_former_float_images(demo_data, mode, count):
+    """Through 2 workers, in batches of 5 of an arbitrary order: each image is bitwise the one the float
+    transform in the worker gives for its (seed, epoch, index). 40 px: random-resized crop and RandAugment."""
+    config = make_config(demo_data, 'DATA.IMG_SIZE', 40, 'AUG.REPROB', 1.0, 'AUG.REMODE', mode,
+                         'AUG.RECOUNT', count, 'SEED', 3)
+    data = build_loader(config)
+    keys = [(2, 17), (0, 3), (2, 1000), (2, 5), (1, 17), (0, 400), (2, 9), (0, 0), (1, 1), (1, 3)]
+    uint8 = DataLoader(data.dataset_train, sampler=keys, batch_size=5, num_workers=2, collate_fn=collate,
+                       generator=torch.Generator())  # not the global generator, checked below
+    images, _, _, _ = next(iter(uint8))
+    assert images.dtype == torch.uint8 and images.shape == (5, 40, 40, 3)
+    loader = DeviceLoader(uint8, torch.device('cpu'), config.DATA.MEAN, config.DATA.STD, data.loader_train.erasing)
+    state = torch.get_rng_state()
+    batches = list(loader)
+    assert torch.equal(torch.get_rng_state(), state)  # the training loop's random stream stays where it was
+    images = torch.cat([images for images, _, _ in batches])
+    assert images.dtype == torch.float32 and images.shape == (10, 3, 40, 40)
+    for image, (epoch, index) in zip(images, keys):
+        expected = worker_float_image(config, data.dataset_train.samples[index][0], 3, epoch, index)
+        assert torch.equal(image, expected), (epoch, index)
+    assert all((image == 0).all(dim=0).any() for image in images) == (mode == 'const')
+
+    images, labels, _ = next(iter(data.loader_val))
+    assert images.shape == (32, 3, 40, 40)
+    val_transform = build_transform(config, is_train=False, float_in_worker=True)
+    for i, image in enumerate(images):
+        path, label = data.dataset_val.samples[i]
+        assert labels[i] == label and torch.equal(image, val_transform(load_rgb(path)))
+
+
+def test_device_loader_resumes_mid_epoch_exactly(demo_data):
+    data = build_loader(make_config(demo_data, 'DATA.BATCH_SIZE', 8, 'AUG.REPROB', 0.5))
+    data.sampler_train.set_epoch(1)
+    full = list(itertools.islice(data.loader_train, 4))
+    data.sampler_train.set_epoch(1, start=16)
+    resumed = list(itertools.islice(data.loader_train, 2))
+    for (images, labels, _), (expected_images, expected_labels, _) in zip(resumed, full[2:]):
+        assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+
+
 # --- transforms ---
 
 def test_transforms_follow_the_config(demo_data):
@@ -360,13 +456,13 @@ def test_transforms_follow_the_config(demo_data):
     train = build_transform(config, is_train=True)
     assert not isinstance(train.transforms[0], transforms.RandomCrop)
     assert 'RandAugment' not in repr(train)
-    assert train(image).shape == (3, 64, 64)
+    assert train(image).shape == (64, 64, 3)
     crop = build_transform(config, is_train=False)
     assert [type(t) for t in crop.transforms[:2]] == [transforms.Resize, transforms.CenterCrop]
     assert crop.transforms[0].size == int(64 / 0.875)
-    assert crop(image).shape == (3, 64, 64)
+    assert crop(image).shape == (64, 64, 3)
     resize = build_transform(make_config(demo_data, 'DATA.IMG_SIZE', 64, 'TEST.CROP', False), is_train=False)
-    assert resize(image).shape == (3, 64, 64)
+    assert resize(image).shape == (64, 64, 3)
 
 
 def test_randaugment_posterize_to_zero_bits_gives_black():

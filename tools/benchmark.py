@@ -6,14 +6,20 @@
         configs/swin_tiny_patch4_window7_224.yaml:swin_tiny_patch4_window7_224
 
 Each PAIR is MODEL:PEER, or a MODEL alone, optionally followed by @BATCH (that pair's batch size in
-both modes); a model is a timm name (this project's ACmix and AMixer names included) or a config yaml. A pair's two models are built together and timed in turn, one batch
-each, round after round, so that a busy machine slows both alike; a speed is the median over the
+both modes); a model is a timm name (this project's ACmix and AMixer names included) or a config
+yaml. A pair's two models are built together and timed in turn, one batch each, round after round, so that a busy machine slows both alike; a speed is the median over the
 rounds after the warm-up ones, and the ratio is the model's over its peer's. The next pair is built
 once the last is freed. A training step is forward, cross-entropy, backward and a fused AdamW step (as main.py's).
 On a GPU each model's peak memory is counted as if it ran alone: the tensors it keeps between steps
 (weights, buffers, optimizer state, its batches) plus the most that one of its steps allocated on top.
 Results print as a markdown table; --markdown and --json write them too; --profile adds each model's
 costliest operators in one step.
+
+The data mode measures the training loader's images/s per worker on a folder of JPEG photographs
+(tools/make_demo_dataset.py --photos), with the configs' augmentation and mixup off, in turns: the workers
+stopping at the uint8 image (as the loaders do) and converting, normalising and erasing in float (as before):
+
+    python tools/benchmark.py data datasets/photos --workers 1 --runs 5
 """
 from __future__ import annotations
 
@@ -21,8 +27,10 @@ import argparse
 import contextlib
 import json
 import platform
+import resource
 import statistics
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +40,12 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from torch.utils.data import DataLoader  # noqa: E402
+
 from config import get_default_config, merge_yaml  # noqa: E402
+from data import build_loader  # noqa: E402
+from data.datasets import collate  # noqa: E402
+from data.transforms import build_transform  # noqa: E402
 from models import build_model  # noqa: E402 (the import registers the ACmix and AMixer names with timm)
 from optimizer import FUSED_DEVICES  # noqa: E402
 from utils import THROUGHPUT_MODES as MODES, ThroughputRunner, keep_freed_memory  # noqa: E402
@@ -221,5 +234,92 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------ data mode: the loader's images/s
+
+DATA_PATHS = {'uint8': 'uint8 in the worker', 'float': 'float in the worker (before)'}
+
+
+def workers_cpu_seconds() -> float:
+    """CPU seconds of this process's ended and joined child processes (a loader's workers, once it is done)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def loader_speed(dataset, keys: list[tuple[int, int]], args: argparse.Namespace) -> tuple[float, float]:
+    """Images/s per worker of a fresh loader of the samples `keys`: as it delivers them from its first batch on
+    (the workers' start is not timed), and per CPU second of its workers (what busy cores take less off)."""
+    loader = DataLoader(dataset, sampler=keys, batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=collate, drop_last=True, generator=torch.Generator())
+    cpu_before = workers_cpu_seconds()
+    batches = iter(loader)
+    first, *_ = next(batches)
+    start, timed = time.perf_counter(), 0
+    for images, *_ in batches:
+        timed += len(images)
+    seconds = time.perf_counter() - start
+    # the workers have ended and been joined: the loader is through
+    return timed / seconds / args.workers, (len(first) + timed) / (workers_cpu_seconds() - cpu_before)
+
+
+def data_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser('benchmark.py data', description="The training loader's images/s per "
+                                     'worker, the uint8 path next to the float one, in alternating runs.')
+    parser.add_argument('data_path', metavar='DIR', help='dataset root, e.g. from make_demo_dataset.py --photos')
+    parser.add_argument('--cfg', metavar='FILE', help="the augmentation of this config (default: the defaults, "
+                        'which all ImageNet configs keep: rand-m9-mstd0.5-inc1, random erasing 0.25)')
+    parser.add_argument('--workers', type=int, default=1, help='loader worker processes, 1 or more (default 1)')
+    parser.add_argument('--batch-size', type=int, default=32, help='images per batch (default 32)')
+    parser.add_argument('--images', type=int, default=640, help='images a run loads (default 640)')
+    parser.add_argument('--runs', type=int, default=3, help='runs of each path, alternating (default 3)')
+    parser.add_argument('--json', metavar='FILE', help='also write the settings and results to FILE')
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error('--workers must be 1 or more: the speed of worker processes is what is measured')
+    config = get_default_config()
+    if args.cfg:
+        merge_yaml(config, args.cfg)
+    config.defrost()
+    config.DATA.DATA_PATH = args.data_path
+    config.DATA.BATCH_SIZE = args.batch_size
+    config.AUG.MIXUP = config.AUG.CUTMIX = 0.0  # on the device, not in the workers
+    config.AUG.CUTMIX_MINMAX = None
+    config.freeze()
+    dataset = build_loader(config).dataset_train
+    transforms = {'uint8': dataset.transform, 'float': build_transform(config, is_train=True, float_in_worker=True)}
+    speeds = {path: {'wall': [], 'cpu': []} for path in DATA_PATHS}
+    for run in range(args.runs):
+        # each run its own epoch: the same samples and augmentation for both paths, new ones for the next run
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(run)).tolist()
+        keys = [(run, order[i % len(order)]) for i in range(args.images + args.batch_size)]
+        for path, transform in transforms.items():
+            dataset.transform = transform
+            wall, cpu = loader_speed(dataset, keys, args)
+            speeds[path]['wall'].append(wall)
+            speeds[path]['cpu'].append(cpu)
+
+    aug = config.AUG
+    settings = {'machine': machine(torch.device('cpu')), 'torch': torch.__version__, 'timm': timm.__version__,
+                'data_path': args.data_path, 'images': len(dataset), 'img_size': config.DATA.IMG_SIZE,
+                'auto_augment': aug.AUTO_AUGMENT, 'reprob': aug.REPROB, 'workers': args.workers,
+                'batch_size': args.batch_size, 'images_per_run': args.images, 'runs': args.runs}
+    print(f"{settings['machine']}; torch {torch.__version__}, timm {timm.__version__}; {len(dataset)} training "
+          f'images of {args.data_path} at {config.DATA.IMG_SIZE} px, {aug.AUTO_AUGMENT}, random erasing '
+          f'{aug.REPROB}; {args.workers} workers, batch {args.batch_size}, {args.images} images a run\n')
+    print('| path | images/s per worker, each run | median | images per worker CPU second, each run | median |\n'
+          '| --- | --- | ---: | --- | ---: |')
+    medians = {path: {kind: statistics.median(values) for kind, values in speeds[path].items()} for path in speeds}
+    for path, name in DATA_PATHS.items():
+        cells = [name]
+        for kind in ('wall', 'cpu'):
+            cells += [', '.join(f'{v:.1f}' for v in speeds[path][kind]), f'{medians[path][kind]:.1f}']
+        print('| ' + ' | '.join(cells) + ' |')
+    ratios = {kind: medians['uint8'][kind] / medians['float'][kind] for kind in ('wall', 'cpu')}
+    print(f"\nuint8 / float: {ratios['wall']:.3f}x in images/s, {ratios['cpu']:.3f}x in images per CPU second")
+    if args.json:
+        Path(args.json).write_text(json.dumps({'settings': settings, 'images_per_worker': speeds,
+                                               'ratios': ratios}, indent=1) + '\n')
+    return 0
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(data_main(sys.argv[2:]) if sys.argv[1:2] == ['data'] else main())
