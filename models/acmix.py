@@ -93,7 +93,8 @@ def group_conv3x3(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tenso
     if how == 'dense':
         weight, groups = dense_weight(weight, groups), 1
     elif how != 'grouped':
-        raise ValueError(f"models.acmix.CONV_IMPL[{x.device.type!r}] is {how!r}; expected 'triton', 'dense' or 'grouped'")
+        raise ValueError(f"models.acmix.CONV_IMPL[{x.device.type!r}] is {how!r}; "
+                         "expected 'triton', 'dense' or 'grouped'")
     per_channel = bias.dim() == 1
     out = F.conv2d(x.permute(0, 3, 1, 2), weight, bias if per_channel else None, padding=1, groups=groups)
     out = out.permute(0, 2, 3, 1)

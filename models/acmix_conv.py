@@ -156,7 +156,7 @@ class _GroupConv3x3(torch.autograd.Function):
         G = x.shape[-1] // weight.shape[1]
         CO, CI = weight.shape[0] // G, weight.shape[1]
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         # (G * CO, CI, 3, 3) -> taps (9, G, CI, CO): tap t = 3 * row + column, as the kernel indexes them
         taps = weight.view(G, CO, CI, 9).permute(3, 0, 2, 1).contiguous()
         return _conv(x, taps, bias)
@@ -175,8 +175,9 @@ class _GroupConv3x3(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             taps = _weight_grad(x, grad_y, G)  # 9, G, CO, CI
             grad_weight = taps.permute(1, 2, 3, 0).reshape(G * CO, CI, 3, 3).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_y.sum(0)  # (H, W, C); the caller's broadcast sums it further
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            # (H, W, C) in the bias's dtype (torch sums half precision in fp32); the caller's expand sums it further
+            grad_bias = grad_y.sum(0, dtype=ctx.bias_dtype)
         return grad_x, grad_weight, grad_bias
 
 

@@ -18,21 +18,29 @@ from models import acmix, from_reference
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_KWARGS = torch.load(ROOT / 'tests' / 'data' / 'golden' / 'acmix_swin_small_geometry.pt',
                            weights_only=True)['reference_kwargs']
-# (batch, height, width, groups, inputs per group, outputs per group, bias): several blocks of positions and
-# two chunks of the weight gradient, the last partial; 24 outputs a group (padded to 32); a partial block
-# of groups with a per-position bias map (ACmix's folded branch); a map one column wide (side taps outside)
-CASES = {'3_outputs': (2, 9, 11, 3, 9, 3, 'channel'), '24_outputs': (3, 4, 3, 2, 9, 24, 'channel'),
-         'bias_map': (2, 3, 6, 5, 6, 2, 'map'), 'one_column': (2, 2, 1, 4, 12, 9, None)}
+# (batch, height, width, groups, inputs per group, outputs per group, bias, dtype): several blocks of positions
+# and two chunks of the weight gradient, the last partial; 24 outputs a group (padded to 32); a partial block
+# of groups with a per-position bias map (ACmix's folded branch); a map one column wide (side taps outside);
+# a float16 map with float32 weights, as under autocast (the interpreter's tl.dot cannot take bfloat16:
+# triton-lang/triton#11584)
+CASES = {'3_outputs': (2, 9, 11, 3, 9, 3, 'channel', torch.float32),
+         '24_outputs': (3, 4, 3, 2, 9, 24, 'channel', torch.float32),
+         'bias_map': (2, 3, 6, 5, 6, 2, 'map', torch.float32),
+         'one_column': (2, 2, 1, 4, 12, 9, None, torch.float32),
+         'float16': (2, 4, 5, 3, 9, 6, 'channel', torch.float16)}
+# float32 results to ~1e-5; float16 ones are rounded to float16 (half an ulp: 2**-11 relative)
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-3}
 # The golden file's geometry (all four stages: 1 and 2 heads fold the fc, 4 and 8 do not) on 16x16 images,
 # small enough for the interpreter; the golden weights fit 64x64 images only, so the weights are random.
 MODEL_KWARGS = {**GOLDEN_KWARGS, 'img_size': 16, 'drop_path_rate': 0.}
 
 
 def case_inputs(case: tuple) -> dict:
-    B, H, W, G, CI, CO, bias = case
+    B, H, W, G, CI, CO, bias, dtype = case
     bias_shape = {'channel': (G * CO,), 'map': (H, W, G * CO), None: None}[bias]
-    return {'x': torch.randn(B, H, W, G * CI), 'weight': torch.randn(G * CO, CI, 3, 3),
-            'bias': None if bias_shape is None else torch.randn(bias_shape), 'grad': torch.randn(B, H, W, G * CO)}
+    return {'x': torch.randn(B, H, W, G * CI).to(dtype), 'weight': torch.randn(G * CO, CI, 3, 3),
+            'bias': None if bias_shape is None else torch.randn(bias_shape),
+            'grad': torch.randn(B, H, W, G * CO).to(dtype)}
 
 
 def model_with_random_weights() -> torch.nn.Module:
@@ -79,16 +87,24 @@ def interpreted(tmp_path_factory) -> dict:
 def test_kernel_equals_the_group_convolution_and_its_gradients(interpreted, name):
     ours = interpreted[name]
     inputs = ours['inputs']
+    dtype = inputs['x'].dtype
+    # in float32, from the operands as the kernel multiplies them: the weight rounded to the map's dtype
+    inputs['weight'] = inputs['weight'].to(dtype).float()
     x, weight, bias = (inputs[key] if inputs[key] is None else inputs[key].requires_grad_()
                        for key in ('x', 'weight', 'bias'))
     groups = x.shape[-1] // weight.shape[1]
-    expected = F.conv2d(x.permute(0, 3, 1, 2), weight, padding=1, groups=groups).permute(0, 2, 3, 1)
+    expected = F.conv2d(x.float().permute(0, 3, 1, 2), weight, padding=1, groups=groups)
+    expected = expected.permute(0, 2, 3, 1)
     if bias is not None:
         expected = expected + bias
-    torch.testing.assert_close(ours['out'], expected, rtol=1e-5, atol=1e-5)
+    tolerance = TOLERANCE[dtype]
+    assert ours['out'].dtype == dtype
+    torch.testing.assert_close(ours['out'].float(), expected, rtol=tolerance, atol=tolerance)
     leaves = [leaf for leaf in (x, weight, bias) if leaf is not None]
-    for key, a, b in zip(('x', 'weight', 'bias'), ours['grads'], torch.autograd.grad(expected, leaves, inputs['grad'])):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f'grad of {key}: {m}')
+    for key, a, b in zip(('x', 'weight', 'bias'), ours['grads'],
+                         torch.autograd.grad(expected, leaves, inputs['grad'].float())):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance, msg=lambda m: f'grad of {key}: {m}')
 
 
 def test_model_with_the_kernel_equals_the_model_without(interpreted):
