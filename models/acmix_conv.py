@@ -46,8 +46,10 @@ def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, H, W, G, b_stride_h, b_stride_w,
     x: (M, G, CI), w: (9, G, CI, CO), y: (M, G, CO), all contiguous; m runs over (B, H, W) positions.
     Tiles are (groups, positions, channels); tap t = 3 * (dy + 1) + (dx + 1) reads position m + dy * W + dx.
     """
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    # the group blocks of one position block run side by side: they share the memory sectors of its rows
+    group_blocks = tl.cdiv(G, BLOCK_G)
+    m = tl.program_id(0) // group_blocks * BLOCK_M + tl.arange(0, BLOCK_M)
+    g = tl.program_id(0) % group_blocks * BLOCK_G + tl.arange(0, BLOCK_G)
     i = tl.arange(0, CI_PAD)
     o = tl.arange(0, CO_PAD)
     m_ok, h, w = m < M, (m // W) % H, m % W
@@ -78,11 +80,12 @@ def _weight_grad_kernel(x_ptr, gy_ptr, part_ptr, M, H, W, G,
                         PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr):
     """part[chunk, t, g, o, i] = sum over the chunk's positions m of gy[m, g, o] * x[m + shift(t), g, i].
 
-    Program (chunk, group block, tap t); the chunks split the M positions evenly, in whole blocks.
+    Program (tap t + 9 * group block, chunk): the 9 taps and the group blocks of a chunk, which read the same
+    positions, run side by side. The chunks split the M positions evenly, in whole blocks.
     """
-    chunk, t = tl.program_id(0), tl.program_id(2)
+    t, chunk = tl.program_id(0) % 9, tl.program_id(1)
     dy, dx = t // 3 - 1, t % 3 - 1
-    g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    g = tl.program_id(0) // 9 * BLOCK_G + tl.arange(0, BLOCK_G)
     i = tl.arange(0, CI_PAD)
     o = tl.arange(0, CO_PAD)
     g_ok = (g < G)[:, None, None]
@@ -90,7 +93,7 @@ def _weight_grad_kernel(x_ptr, gy_ptr, part_ptr, M, H, W, G,
     x_ok = g_ok & (i < CI)[None, None, :]
     gy_channel = (g * CO)[:, None, None] + o[None, None, :]
     gy_ok = g_ok & (o < CO)[None, None, :]
-    chunk_size = tl.cdiv(tl.cdiv(M, tl.num_programs(0)), BLOCK_M) * BLOCK_M
+    chunk_size = tl.cdiv(tl.cdiv(M, tl.num_programs(1)), BLOCK_M) * BLOCK_M
     acc = tl.zeros((BLOCK_G, CO_PAD, CI_PAD), dtype=tl.float32)
     for start in range(chunk * chunk_size, tl.minimum(M, (chunk + 1) * chunk_size), BLOCK_M):
         m = start + tl.arange(0, BLOCK_M)
@@ -129,7 +132,7 @@ def _conv(x: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
         if channel_stride != 1:
             b = b.contiguous()
             b_stride_h, b_stride_w = b.stride()[:2]
-    grid = (triton.cdiv(M, _BLOCK_M), triton.cdiv(G, _BLOCK_G))
+    grid = (triton.cdiv(M, _BLOCK_M) * triton.cdiv(G, _BLOCK_G),)
     _conv_kernel[grid](x, taps, b, y, M, H, W, G, b_stride_h, b_stride_w, CI=CI, CO=CO, CI_PAD=_pad(CI),
                        CO_PAD=_pad(CO), HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype),
                        BLOCK_M=_BLOCK_M, BLOCK_G=_BLOCK_G, num_warps=_NUM_WARPS)
@@ -143,7 +146,7 @@ def _weight_grad(x: Tensor, grad_y: Tensor, G: int) -> Tensor:
     M = B * H * W
     chunks = min(_WEIGHT_CHUNKS, triton.cdiv(M, _WEIGHT_BLOCK_M))
     part = torch.empty(chunks, 9, G, CO, CI, device=x.device, dtype=torch.float32)
-    _weight_grad_kernel[(chunks, triton.cdiv(G, _BLOCK_G), 9)](
+    _weight_grad_kernel[(9 * triton.cdiv(G, _BLOCK_G), chunks)](
         x, grad_y, part, M, H, W, G, CI=CI, CO=CO, CI_PAD=_pad(CI), CO_PAD=_pad(CO), PRECISION=_precision(x.dtype),
         BLOCK_M=_WEIGHT_BLOCK_M, BLOCK_G=_BLOCK_G, num_warps=_NUM_WARPS)
     return part.sum(0)
@@ -158,7 +161,7 @@ class _GroupConv3x3(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
         # (G * CO, CI, 3, 3) -> taps (9, G, CI, CO): tap t = 3 * row + column, as the kernel indexes them
-        taps = weight.view(G, CO, CI, 9).permute(3, 0, 2, 1).contiguous()
+        taps = weight.reshape(G, CO, CI, 9).permute(3, 0, 2, 1).contiguous()
         return _conv(x, taps, bias)
 
     @staticmethod
@@ -170,7 +173,7 @@ class _GroupConv3x3(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             # each input feeds output m - shift(t) through tap t: the kernel flipped, inputs and outputs swapped
-            flipped = weight.view(G, CO, CI, 9).flip(-1).permute(3, 0, 1, 2).contiguous()
+            flipped = weight.reshape(G, CO, CI, 9).flip(-1).permute(3, 0, 1, 2).contiguous()
             grad_x = _conv(grad_y, flipped, None)
         if ctx.needs_input_grad[1]:
             taps = _weight_grad(x, grad_y, G)  # 9, G, CO, CI
