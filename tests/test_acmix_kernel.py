@@ -18,8 +18,8 @@ from models import acmix, from_reference
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_KWARGS = torch.load(ROOT / 'tests' / 'data' / 'golden' / 'acmix_swin_small_geometry.pt',
                            weights_only=True)['reference_kwargs']
-# (batch, height, width, groups, inputs per group, outputs per group, bias, dtype): several blocks of positions
-# and two chunks of the weight gradient, the last partial; 24 outputs a group (padded to 32); a partial block
+# (batch, height, width, groups, inputs per group, outputs per group, bias, dtype): 7 blocks of positions
+# and 7 chunks of the weight gradient, the last partial; 24 outputs a group (padded to 32); a partial block
 # of groups with a per-position bias map (ACmix's folded branch); a map one column wide (side taps outside);
 # a float16 map with float32 weights, as under autocast (the interpreter's tl.dot cannot take bfloat16:
 # triton-lang/triton#11584)
