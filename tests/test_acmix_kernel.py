@@ -121,6 +121,36 @@ def test_model_with_the_kernel_equals_the_model_without(interpreted):
         torch.testing.assert_close(ours['grads'][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f'{name}: {m}')
 
 
+def test_bfloat16_kernels_compile_for_hopper_without_spilling(tmp_path):
+    """No GPU needed: Triton compiles the kernels ACmix runs in training for sm_90 (H100, H200), and the
+    compiled code keeps its values in registers (no stack: spills would cost memory traffic)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from models import acmix_conv
+
+    sizes = {'M': 'i32', 'H': 'i32', 'W': 'i32', 'G': 'i32', 'CI': 'i32', 'CO': 'i32'}
+    blocks = {'BLOCK_M': acmix_conv._BLOCK_M, 'BLOCK_G': acmix_conv._BLOCK_G, 'PRECISION': 'ieee'}
+    conv = {'x_ptr': '*bf16', 'w_ptr': '*fp32', 'b_ptr': '*fp32', 'y_ptr': '*bf16', **sizes,
+            'b_stride_h': 'i32', 'b_stride_w': 'i32'}
+    weight_grad = {'x_ptr': '*bf16', 'gy_ptr': '*bf16', 'part_ptr': '*fp32', **sizes}
+    # padded widths: 9 inputs -> 16; 3, 6, 12 outputs -> 16, 24 -> 32; the input gradient swaps them
+    variants = [(acmix_conv._conv_kernel, conv, {'CI_PAD': 16, 'CO_PAD': 32, 'HAS_BIAS': True}),
+                (acmix_conv._conv_kernel, conv, {'CI_PAD': 32, 'CO_PAD': 16, 'HAS_BIAS': False}),
+                (acmix_conv._weight_grad_kernel, weight_grad, {'CI_PAD': 16, 'CO_PAD': 32})]
+    cuobjdump = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin' / 'cuobjdump'
+    for kernel, signature, constants in variants:
+        constexprs = {**constants, **blocks}
+        source = ASTSource(kernel, {**signature, **{name: 'constexpr' for name in constexprs}}, constexprs)
+        compiled = triton.compile(source, target=GPUTarget('cuda', 90, 32), options=acmix_conv._OPTIONS)
+        cubin = tmp_path / 'kernel.cubin'
+        cubin.write_bytes(compiled.asm['cubin'])
+        usage = subprocess.run([str(cuobjdump), '--dump-resource-usage', str(cubin)], capture_output=True, text=True,
+                               check=True).stdout
+        assert ' STACK:0 ' in usage, f'{kernel.__name__} {constants}: {usage}'
+
+
 @pytest.mark.parametrize('how', ['dense', 'bogus'])
 def test_conv_impl_chooses_how_the_group_convolution_runs(monkeypatch, how):
     torch.manual_seed(0)

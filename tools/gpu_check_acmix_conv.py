@@ -42,10 +42,10 @@ IMPLS = ('triton', 'dense', 'grouped')
 
 def make_inputs(batch: int, side: int, heads: int, groups: int, device: torch.device) -> dict:
     """The convolution's operands (all float32) as ACmix's unfolded branch has them: taps, weight, bias."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)
     shapes = {'x': (batch, side, side, groups * 9), 'weight': (groups * heads, 9, 3, 3), 'bias': (groups * heads,),
               'grad': (batch, side, side, groups * heads)}
-    return {name: torch.randn(shape, generator=gen).to(device) for name, shape in shapes.items()}
+    return {name: torch.randn(shape, generator=gen, device=device) for name, shape in shapes.items()}
 
 
 def run(impl: str, inputs: dict, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
