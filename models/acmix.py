@@ -7,6 +7,7 @@ cyclically shifted map and are mixed as rate1 * attention + rate2 * convolution.
 """
 from __future__ import annotations
 
+import importlib.util
 from functools import partial
 
 import torch
@@ -57,29 +58,47 @@ class ACmixAttention(WindowAttention):
     def convolve(self, qkv: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """(B, H, W, head_dim, 3 * heads) projections -> (B, H, W, C) group convolution of their taps."""
         fc_weight, fc_bias = self.fc.weight.flatten(1), self.fc.bias  # (9 taps, 3 * heads), (9,)
-
-        def group_conv(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-            """Channels-last in and out: no copies, and oneDNN's fast grouped kernels on the CPU. cuDNN's
-            kernels for few input channels per group ran many times slower than their multiply-adds (ACmix-S,
-            bf16: 40% of a training step), so on CUDA it runs as the equal dense convolution."""
-            if x.is_cuda:
-                return F.conv2d(x, dense_weight(w, self.dep_conv.groups), b, padding=1)
-            return F.conv2d(x, w, b, padding=1, groups=self.dep_conv.groups)
-
+        groups = self.dep_conv.groups
         if qkv.shape[-1] > fc_weight.shape[0]:
             # the reference's 1x1 conv over the parts (q, k and v of every head), as a linear; channel
             # (d, tap) of the taps is d * 9 + tap
             taps = F.linear(qkv, fc_weight, fc_bias).flatten(3)  # B, H, W, 9 * head_dim
-            return group_conv(taps.permute(0, 3, 1, 2), weight, bias).permute(0, 2, 3, 1)
+            return group_conv3x3(taps, weight, bias, groups)
         # With at most 9 parts (3 heads or fewer), the fc folds into the convolution's weights at no extra
         # cost and its passes over the map go. Its bias, though, reaches the output through the zero
         # padding, so near the border it adds up over fewer kernel taps: a per-position bias map.
         folded = torch.einsum('oiyx,ij->ojyx', weight, fc_weight)
-        out = group_conv(qkv.flatten(3).permute(0, 3, 1, 2), folded).permute(0, 2, 3, 1)
         bias_kernel = torch.einsum('oiyx,i->oyx', weight, fc_bias).unsqueeze(1)
         ones = qkv.new_ones(1, 1, *qkv.shape[1:3])
-        bias_map = F.conv2d(ones, bias_kernel, bias, padding=1).permute(0, 2, 3, 1)
-        return out.add_(bias_map)
+        bias_map = F.conv2d(ones, bias_kernel, bias, padding=1)[0].permute(1, 2, 0)  # H, W, C
+        return group_conv3x3(qkv.flatten(3), folded, bias_map, groups)
+
+
+# How group_conv3x3 runs, by device type (others: 'grouped'): 'triton' (the kernels of models/acmix_conv.py),
+# 'dense' (the equal dense convolution) or 'grouped' (F.conv2d's grouped kernels: oneDNN's are fast on the CPU,
+# cuDNN's slow for ACmix's few channels per group). Set from outside to compare them in one process (or to
+# run the kernels on the CPU in Triton's interpreter). Triton ships with torch's CUDA wheels; without it: dense.
+CONV_IMPL = {'cuda': 'triton' if importlib.util.find_spec('triton') else 'dense'}
+
+
+def group_conv3x3(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
+    """3x3 group convolution, padding 1, of a channels-last (B, H, W, C_in) map: (B, H, W, C_out).
+
+    `bias` is per channel (C_out,) or per position (H, W, C_out); CONV_IMPL says how it runs.
+    """
+    how = CONV_IMPL.get(x.device.type, 'grouped')
+    if how == 'triton':
+        from .acmix_conv import group_conv3x3 as triton_group_conv3x3  # imports Triton: only where it runs
+        return triton_group_conv3x3(x, weight, bias)
+    if how == 'dense':
+        weight, groups = dense_weight(weight, groups), 1
+    elif how != 'grouped':
+        raise ValueError(f"models.acmix.CONV_IMPL[{x.device.type!r}] is {how!r}; "
+                         "expected 'triton', 'dense' or 'grouped'")
+    per_channel = bias.dim() == 1
+    out = F.conv2d(x.permute(0, 3, 1, 2), weight, bias if per_channel else None, padding=1, groups=groups)
+    out = out.permute(0, 2, 3, 1)
+    return out if per_channel else out.add_(bias)
 
 
 def dense_weight(weight: Tensor, groups: int) -> Tensor:
