@@ -3,11 +3,12 @@ from PIL import Image
 from timm.data import auto_augment, create_transform
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
+from yacs.config import CfgNode
 
 SMALL_IMAGE = 32  # at most this size (CIFAR-like), images are padded and cropped rather than resized
 
 
-def _posterize(img, bits_to_keep, **kwargs):
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
     """timm's posterize, also for 0 bits: a black image, as Pillow gave before version 13 refused it."""
     if bits_to_keep < 1:
         return Image.new(img.mode, img.size)
@@ -20,7 +21,7 @@ for _name in ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal'):
     auto_augment.NAME_TO_OP[_name] = _posterize
 
 
-def build_transform(config, is_train):
+def build_transform(config: CfgNode, is_train: bool) -> transforms.Compose:
     size = config.DATA.IMG_SIZE
     if is_train:
         transform = create_transform(
