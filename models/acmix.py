@@ -60,8 +60,8 @@ class ACmixAttention(WindowAttention):
 
         def group_conv(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
             """Channels-last in and out: no copies, and oneDNN's fast grouped kernels on the CPU. cuDNN's
-            kernels for few input channels per group ran many times slower than their multiply-adds (ACmix-S,
-            bf16: 40% of a training step), so on CUDA it runs as the equal dense convolution."""
+            kernels for few input channels per group run far below their multiply-adds, so on CUDA it runs as
+            the equal dense convolution (on tensor cores, despite its many more multiply-adds)."""
             if x.is_cuda:
                 return F.conv2d(x, dense_weight(w, self.dep_conv.groups), b, padding=1)
             return F.conv2d(x, w, b, padding=1, groups=self.dep_conv.groups)
