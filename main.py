@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import logging
 import math
 import os
 import statistics
@@ -19,21 +20,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from yacs.config import CfgNode
 
 from config import get_default_config, merge_yaml
-from data import BadImageTracker, DataError, build_loader
+from data import BadImageTracker, DataError, LoadedData, build_loader
 from logger import create_logger
 from lr_scheduler import build_scheduler
 from models import build_model
 from models.amixer import convert_reference_state_dict
+from models.build import CONFIG_DIR
 from optimizer import build_optimizer
-from utils import (THROUGHPUT_MODES, AverageMeter, StopRequest, ThroughputRunner, UserError, all_reduce_sum,
-                   checkpoint_name, find_resume_checkpoint, get_rng_state, init_distributed, keep_freed_memory,
-                   load_checkpoint, load_model_state, prune_checkpoints, save_checkpoint, set_rng_state, set_seed,
-                   weights_are_finite)
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+from utils import (THROUGHPUT_MODES, AverageMeter, DistInfo, StopRequest, ThroughputRunner, UserError,
+                   all_reduce_sum, checkpoint_name, find_resume_checkpoint, get_rng_state, init_distributed,
+                   keep_freed_memory, load_checkpoint, load_model_state, prune_checkpoints, run_folder, save_checkpoint,
+                   set_rng_state, set_seed, weights_are_finite)
 
 
 def str2bool(value: str) -> bool:
@@ -44,7 +46,7 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f'expected true or false, got {value!r}')
 
 
-def parse_option(argv=None) -> argparse.Namespace:
+def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser('main.py', description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument('--cfg', metavar='FILE', help='yaml config file (required unless --model is given)')
     parser.add_argument('--opts', nargs='+', default=None, metavar='KEY VALUE', help="override config keys: 'KEY VALUE' pairs")
@@ -77,7 +79,7 @@ def parse_option(argv=None) -> argparse.Namespace:
     return args
 
 
-def build_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace) -> CfgNode:
     """Defaults, then the yaml (with its BASE chain), then --opts, then the flags."""
     config = get_default_config()
     cfg_file = args.cfg or os.path.join(CONFIG_DIR, f'{args.model}.yaml')
@@ -115,10 +117,10 @@ def build_config(args: argparse.Namespace):
 class Trainer:
     """Holds what the training loop needs, so each stage below reads as one step of the story."""
 
-    def __init__(self, config, dist_info, logger):
+    def __init__(self, config: CfgNode, dist_info: DistInfo, logger: logging.Logger):
         self.config, self.dist, self.logger = config, dist_info, logger
         self.device = dist_info.device
-        self.output_dir = os.path.join(config.OUTPUT, config.MODEL.NAME, config.TAG)
+        self.output_dir = run_folder(config)
         use_amp = config.AMP.ENABLE and self.device.type == 'cuda'
         amp_dtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}[config.AMP.DTYPE]
         self.autocast = (lambda: torch.autocast('cuda', dtype=amp_dtype)) if use_amp else contextlib.nullcontext
@@ -132,21 +134,19 @@ class Trainer:
         self.model = self.model_ema = None
 
     # ------------------------------------------------------------------ setup
-    def build(self, data):
+    def build(self, data: LoadedData) -> None:
         config = self.config
         set_seed(config.SEED)  # the same initial weights on every rank
         model = build_model(config).to(self.device)
-        self.logger.info(f'{config.MODEL.NAME}: {sum(p.numel() for p in model.parameters()):,} parameters')
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+        self.logger.info(f'{config.MODEL.NAME}: {self.num_parameters:,} parameters')
         self.model = model
         self.optimizer = build_optimizer(config, model, self.device)
         self.model_ema = ModelEmaV3(model, decay=config.TRAIN.EMA.DECAY) if config.TRAIN.EMA.ENABLE else None
 
         batch, accum = config.DATA.BATCH_SIZE, config.TRAIN.ACCUMULATION_STEPS
         global_batch = batch * self.dist.world_size * accum
-        self.steps_per_epoch = len(data.sampler_train) // (batch * accum)
-        if self.steps_per_epoch == 0:
-            raise UserError(f'the training set ({len(data.dataset_train)} images) is smaller than one global batch '
-                            f'({global_batch} = {batch} per device x {self.dist.world_size} x {accum} accumulation)')
+        self.steps_per_epoch = len(data.sampler_train) // (batch * accum)  # at least 1: build_loader checks
         self.lr_scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch, self.dist.world_size)
         self.logger.info(f'global batch {global_batch}, {self.steps_per_epoch} optimizer steps per epoch, '
                          f'peak lr {self.lr_scheduler.base_lr:.3g}, min lr {self.lr_scheduler.min_lr:.3g}')
@@ -160,7 +160,7 @@ class Trainer:
         self.data = data
         self.bad_images = BadImageTracker(config.DATA.MAX_BAD_IMAGES, self.logger)
 
-    def restore(self):
+    def restore(self) -> tuple[int, int]:
         """Resume (explicit or newest checkpoint in the output folder), else load pretrained weights.
         Returns the (epoch, optimizer step) to start from."""
         config = self.config
@@ -198,7 +198,7 @@ class Trainer:
         epoch, step = ckpt['epoch'], ckpt['step']
         return (epoch + 1, 0) if step >= self.steps_per_epoch else (epoch, step)
 
-    def load_pretrained(self, path):
+    def load_pretrained(self, path: str) -> None:
         ckpt = load_checkpoint(path)
         state = ckpt.get('model', ckpt)
         if any('.spatial_mixer.' in k or '.spatil_mlp.' in k for k in state):  # the official AMixer code's
@@ -216,7 +216,7 @@ class Trainer:
         self.logger.info(f'loaded pretrained weights from {path}')
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, epoch: int, step: int, is_best: bool = False):
+    def save(self, epoch: int, step: int, is_best: bool = False) -> None:
         """Checkpoint after `step` optimizer steps of `epoch` (step == steps_per_epoch: epoch complete)."""
         rng = [None] * self.dist.world_size
         if dist.is_initialized():
@@ -247,7 +247,7 @@ class Trainer:
         self.logger.info(f'saved {path}' + (' (best so far)' if is_best else ''))
 
     # ------------------------------------------------------------------ training
-    def train(self, start_epoch: int, start_step: int):
+    def train(self, start_epoch: int, start_step: int) -> None:
         config = self.config
         model = self.model
         if self.dist.world_size > 1:
@@ -343,7 +343,7 @@ class Trainer:
                 self.save(epoch, done)
         return loss_sum.item() / (self.steps_per_epoch - start_step), True
 
-    def check_nonfinite(self, pending_checks):
+    def check_nonfinite(self, pending_checks: list[tuple[int, torch.Tensor]]) -> None:
         flags = torch.stack([flag for _, flag in pending_checks]).tolist()
         for (global_step, _), nonfinite in zip(pending_checks, flags):
             if not nonfinite:
@@ -359,7 +359,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def validate(self, model) -> dict:
+    def validate(self, model: nn.Module) -> dict[str, float]:
         """Loss, top-1 and top-5 (percent) over every validation image exactly once, across all ranks."""
         model.eval()
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, top-1, top-5, count
@@ -402,9 +402,9 @@ class Trainer:
         return results
 
 
-def main(config, local_rank=None):
+def main(config: CfgNode, local_rank: int | None = None) -> None:
     dist_info = init_distributed(config.DEVICE, local_rank)
-    output_dir = os.path.join(config.OUTPUT, config.MODEL.NAME, config.TAG)
+    output_dir = run_folder(config)
     logger = create_logger(output_dir, dist_info.rank, name=config.MODEL.NAME)
     logger.info(f'rank {dist_info.rank}/{dist_info.world_size} on {dist_info.device}, torch {torch.__version__}')
     if dist_info.device.type == 'cpu' and keep_freed_memory():
@@ -431,15 +431,21 @@ def main(config, local_rank=None):
         trainer.throughput()
     elif config.EVAL_MODE:
         models = [('model', trainer.model)] + ([('model_ema', trainer.model_ema.module)] if trainer.model_ema else [])
+        summary = {'weights': config.MODEL.RESUME or config.MODEL.PRETRAINED, 'parameters': trainer.num_parameters}
         for name, model in models:
-            val = trainer.validate(model)
-            logger.info(f'eval {name}: ' + json.dumps(val))
+            summary[name] = trainer.validate(model)
+            logger.info(f'eval {name}: ' + json.dumps(summary[name]))
+        if dist_info.is_main:
+            path = os.path.join(output_dir, 'eval.json')
+            with open(path, 'w') as f:
+                json.dump(summary, f, indent=1)
+            logger.info(f'wrote {path}')
     else:
         trainer.train(start_epoch, start_step)
         logger.info(f'done: max val acc@1 {trainer.max_accuracy:.2f}%')
 
 
-def run(argv=None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = parse_option(argv)
     try:
         config = build_config(args)

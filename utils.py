@@ -1,12 +1,14 @@
 """Distributed setup, RNG state, checkpoints and small helpers used by main.py."""
 import contextlib
 import ctypes
+import logging
 import os
 import random
 import re
 import signal
 import time
 from dataclasses import dataclass
+from types import FrameType
 from typing import Callable, ContextManager
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from yacs.config import CfgNode
 
 
 class UserError(Exception):
@@ -110,7 +113,7 @@ class StopRequest:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signal_name = signal.Signals(signum).name
 
     def agreed(self, device: torch.device) -> bool:
@@ -156,6 +159,11 @@ def set_rng_state(state: dict) -> None:
 # Checkpoints
 # -----------------------------------------------------------------------------
 _CKPT_RE = re.compile(r'^ckpt_epoch_(\d+)(?:_step_(\d+))?\.pth$')
+
+
+def run_folder(config: CfgNode) -> str:
+    """Where a run writes its config, logs, metrics and checkpoints: OUTPUT/MODEL.NAME/TAG."""
+    return os.path.join(config.OUTPUT, config.MODEL.NAME, config.TAG)
 
 
 def checkpoint_name(epoch: int, step: int = 0) -> str:
@@ -205,7 +213,7 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f'checkpoint {path} is unreadable ({type(e).__name__}: {e})') from e
 
 
-def find_resume_checkpoint(output_dir: str, logger) -> tuple[str, dict] | None:
+def find_resume_checkpoint(output_dir: str, logger: logging.Logger) -> tuple[str, dict] | None:
     """The newest readable checkpoint in `output_dir`; unreadable ones are skipped with a warning."""
     for path in reversed(list_checkpoints(output_dir)):
         try:
@@ -223,7 +231,7 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str) -> None:
     shapes = sorted(f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
                     for k in set(own) & set(state_dict) if state_dict[k].shape != own[k].shape)
     if missing or unexpected or shapes:
-        def listed(title, keys):
+        def listed(title: str, keys: list[str]) -> str:
             return f'\n  {title} ({len(keys)}): ' + ', '.join(keys[:20]) + (' ...' if len(keys) > 20 else '') if keys else ''
         raise UserError(f'{source} does not match this model (MODEL.TYPE / MODEL.NAME / sizes differ?):'
                         + listed('missing', missing) + listed('unexpected', unexpected)

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from timm.data import Mixup
 from torch.utils.data import DataLoader
+from yacs.config import CfgNode
 
 from .datasets import BadImageTracker, DataError, ImageDataset, collate, find_samples
 from .device import DeviceLoader, SeededErasing
@@ -31,7 +32,8 @@ class LoadedData:
     num_classes: int
 
 
-def build_loader(config, rank=0, world_size=1, device=torch.device('cpu')):
+def build_loader(config: CfgNode, rank: int = 0, world_size: int = 1,
+                 device: torch.device = torch.device('cpu')) -> LoadedData:
     """Datasets and loaders of DATA.DATA_PATH for this rank, feeding `device`; sets MODEL.NUM_CLASSES when it
     is 0. The workers yield uint8 images, made float, normalised and randomly erased on the device.
 
@@ -43,10 +45,12 @@ def build_loader(config, rank=0, world_size=1, device=torch.device('cpu')):
                 len(samples_train), len(samples_val), num_classes)
     _set_num_classes(config, num_classes)
 
-    global_batch = world_size * config.DATA.BATCH_SIZE * config.TRAIN.ACCUMULATION_STEPS
+    batch, accum = config.DATA.BATCH_SIZE, config.TRAIN.ACCUMULATION_STEPS
+    global_batch = world_size * batch * accum
     if len(samples_train) < global_batch:
-        raise DataError(f'{len(samples_train)} training images are fewer than one global batch of '
-                        f'{global_batch} (world size x DATA.BATCH_SIZE x TRAIN.ACCUMULATION_STEPS)')
+        raise DataError(f'{len(samples_train)} training images are fewer than one global batch of {global_batch} '
+                        f'= {batch} per device (DATA.BATCH_SIZE) x {world_size} devices x {accum} accumulation steps '
+                        '(TRAIN.ACCUMULATION_STEPS)')
     mixup_fn = _build_mixup(config, num_classes)
     erasing = SeededErasing(config.AUG.REPROB, config.AUG.REMODE, config.AUG.RECOUNT) if config.AUG.REPROB > 0 else None
 
@@ -82,7 +86,7 @@ def _leave_stopping_to_the_main_process(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _set_num_classes(config, num_classes):
+def _set_num_classes(config: CfgNode, num_classes: int) -> None:
     if config.MODEL.NUM_CLASSES == 0:
         frozen = config.is_frozen()
         config.defrost()
@@ -94,7 +98,7 @@ def _set_num_classes(config, num_classes):
                         f'{config.DATA.DATA_PATH} has {num_classes} classes')
 
 
-def _build_mixup(config, num_classes):
+def _build_mixup(config: CfgNode, num_classes: int) -> Optional[Mixup]:
     aug = config.AUG
     if aug.MIXUP <= 0 and aug.CUTMIX <= 0 and aug.CUTMIX_MINMAX is None:
         return None

@@ -4,10 +4,12 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
 logger = logging.getLogger(__name__)
@@ -19,12 +21,16 @@ EXPECTED_LAYOUT = (
     "with one 'relative/path label' per line (paths relative to DATA_PATH/train resp. DATA_PATH/val, "
     'or to DATA_PATH; labels are integers from 0).')
 
+Sample = tuple[str, int]  # image path, label
+ListEntry = tuple[str, int, int]  # image path, label, line number in its list file
+
 
 class DataError(ValueError):
     """A problem with the data that the user has to fix; its message says what and where."""
 
 
-def find_samples(data_path, data_format='auto', check_files=True):
+def find_samples(data_path: str, data_format: str = 'auto',
+                 check_files: bool = True) -> tuple[list[Sample], list[Sample], int]:
     """The `(path, label)` samples of the train and the val split under `data_path`, and the class count.
 
     `data_format` is 'folder', 'list', or 'auto': the list layout when DATA_PATH/train_list.txt exists.
@@ -43,15 +49,15 @@ def find_samples(data_path, data_format='auto', check_files=True):
 
 
 # Hidden entries are left out: macOS, for one, leaves '._x.JPEG' files that are no images.
-def _is_class_folder(entry):
+def _is_class_folder(entry: os.DirEntry) -> bool:
     return entry.is_dir() and not entry.name.startswith('.')
 
 
-def _is_image(entry):
+def _is_image(entry: os.DirEntry) -> bool:
     return entry.is_file() and not entry.name.startswith('.') and entry.name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _class_images(split_dir):
+def _class_images(split_dir: str) -> dict[str, list[str]]:
     """Class folder name -> sorted paths of the images in it, in sorted class order."""
     if not os.path.isdir(split_dir):
         raise DataError(f'split folder {split_dir} does not exist. ' + EXPECTED_LAYOUT)
@@ -68,7 +74,7 @@ def _class_images(split_dir):
     return images
 
 
-def _folder_samples(data_path):
+def _folder_samples(data_path: str) -> tuple[list[Sample], list[Sample], int]:
     train = _class_images(os.path.join(data_path, 'train'))
     val = _class_images(os.path.join(data_path, 'val'))
     # Labels follow the training classes, so a val folder lacking a class does not shift the others.
@@ -78,13 +84,13 @@ def _folder_samples(data_path):
                         f'{os.path.join(data_path, "train")} lacks: {", ".join(unknown[:10])}')
     label = {name: i for i, name in enumerate(train)}
 
-    def samples(images):
+    def samples(images: dict[str, list[str]]) -> list[Sample]:
         return [(path, label[name]) for name, paths in images.items() for path in paths]
 
     return samples(train), samples(val), len(train)
 
 
-def _list_samples(data_path, check_files):
+def _list_samples(data_path: str, check_files: bool) -> tuple[list[Sample], list[Sample], int]:
     train_file, train = _read_list(data_path, 'train', check_files)
     val_file, val = _read_list(data_path, 'val', check_files)
     num_classes = max(label for _, label, _ in train) + 1
@@ -93,13 +99,13 @@ def _list_samples(data_path, check_files):
             raise DataError(f'{val_file}:{line_no}: label {label}, but {train_file} has labels '
                             f'0..{num_classes - 1}')
 
-    def samples(entries):
+    def samples(entries: list[ListEntry]) -> list[Sample]:
         return [(path, label) for path, label, _ in entries]
 
     return samples(train), samples(val), num_classes
 
 
-def _read_list(data_path, split, check_files):
+def _read_list(data_path: str, split: str, check_files: bool) -> tuple[str, list[ListEntry]]:
     """The list file DATA_PATH/<split>_list.txt and its `(path, label, line number)` entries."""
     list_file = os.path.join(data_path, f'{split}_list.txt')
     if not os.path.isfile(list_file):
@@ -127,7 +133,7 @@ def _read_list(data_path, split, check_files):
     return list_file, entries
 
 
-def _list_base(data_path, split, list_file, first_entry):
+def _list_base(data_path: str, split: str, list_file: str, first_entry: ListEntry) -> str:
     """The folder the list's paths are relative to: DATA_PATH/<split> or DATA_PATH, by its first path."""
     path, _, line_no = first_entry
     bases = (os.path.join(data_path, split), data_path)
@@ -138,7 +144,7 @@ def _list_base(data_path, split, list_file, first_entry):
                     + EXPECTED_LAYOUT)
 
 
-def _check_exist(list_file, entries):
+def _check_exist(list_file: str, entries: list[ListEntry]) -> None:
     """Raise a DataError naming the listed images that do not exist.
 
     One directory listing per folder rather than one stat per image: much faster for ImageNet's 1.28M.
@@ -159,7 +165,7 @@ def _check_exist(list_file, entries):
                         + ('\n...' if len(missing) > 20 else ''))
 
 
-def load_rgb(path):
+def load_rgb(path: str) -> Image.Image:
     """The image at `path` in RGB: grayscale, CMYK and palette images are converted, alpha is dropped."""
     with Image.open(path) as image:
         if image.mode == 'RGB':  # most photographs: decoded as they are, without convert's copy
@@ -176,7 +182,7 @@ def sample_seeds(seed, epoch, index):
 
 
 @contextlib.contextmanager
-def seeded_rngs(seed):
+def seeded_rngs(seed: int) -> Iterator[None]:
     """Seed python's, numpy's and torch's CPU generators with `seed`.
 
     In a worker process the generators are the worker's own; in the main process (no workers) their state
@@ -205,15 +211,15 @@ class ImageDataset(Dataset):
     replaced by the next readable one; `bad_paths` names those skipped.
     """
 
-    def __init__(self, samples, transform, seed=0):
+    def __init__(self, samples: list[Sample], transform: Callable[[Image.Image], Tensor], seed: int = 0):
         self.samples = samples
         self.transform = transform
         self.seed = seed
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int, tuple[str, ...]]:
         epoch, index = key
         augment_seed, erase_seed = sample_seeds(self.seed, epoch, index)
         bad_paths = []
@@ -229,7 +235,8 @@ class ImageDataset(Dataset):
         raise DataError(f'none of the {len(self.samples)} images could be read, e.g. {bad_paths[0]}')
 
 
-def collate(batch):
+def collate(batch: list[tuple[Tensor, int, int, tuple[str, ...]]]
+            ) -> tuple[Tensor, Tensor, list[int], list[str]]:
     """Batch `(image, label, erase_seed, bad_paths)` samples into `(images, labels, erase_seeds, bad_paths)`,
     the last two flat lists."""
     images, labels, erase_seeds, bad_paths = zip(*batch)
@@ -241,12 +248,12 @@ def collate(batch):
 class BadImageTracker:
     """The unreadable images of one epoch: warns once for each, and stops the run past `max_bad` of them."""
 
-    def __init__(self, max_bad, log=logger):
+    def __init__(self, max_bad: int, log: logging.Logger = logger):
         self.max_bad = max_bad
         self.log = log
         self.paths = {}  # an ordered set
 
-    def add(self, paths):
+    def add(self, paths: Iterable[str]) -> None:
         for path in paths:
             if path not in self.paths:
                 self.paths[path] = None
@@ -255,7 +262,7 @@ class BadImageTracker:
             raise DataError(f'{len(self.paths)} unreadable images in this epoch, more than '
                             f'DATA.MAX_BAD_IMAGES = {self.max_bad}:\n' + '\n'.join(self.paths))
 
-    def end_epoch(self, epoch):
+    def end_epoch(self, epoch: int) -> int:
         """Log and return the epoch's count of unreadable images, and start counting the next epoch."""
         count = len(self.paths)
         self.log.info('epoch %d: %d unreadable images replaced', epoch, count)

@@ -9,11 +9,12 @@ from PIL import Image
 from timm.data import auto_augment, create_transform
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
+from yacs.config import CfgNode
 
 SMALL_IMAGE = 32  # at most this size (CIFAR-like), images are padded and cropped rather than resized
 
 
-def _posterize(img, bits_to_keep, **kwargs):
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
     """timm's posterize, also for 0 bits: a black image, as Pillow gave before version 13 refused it."""
     if bits_to_keep < 1:
         return Image.new(img.mode, img.size)
@@ -32,7 +33,7 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image))
 
 
-def build_transform(config, is_train, float_in_worker=False):
+def build_transform(config: CfgNode, is_train: bool, float_in_worker: bool = False) -> transforms.Compose:
     """The worker's transform, ending in a uint8 (H, W, 3) tensor.
 
     `float_in_worker` gives the former transform instead: a normalised float (3, H, W) tensor, randomly

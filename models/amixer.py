@@ -57,9 +57,8 @@ def sum_over_sources(exp: Tensor) -> Tensor:
     """exp.sum(dim=0).unsqueeze(-1) of the (S, b, T) softmax numerators.
 
     On CPU in eager mode as a matrix-vector product with ones, which streams the weights faster than the
-    sum's reduction over a leading dimension (0.37 ms against 0.55 a call in AMixer-DeiT-S at inference
-    batch 16). Compiled, the sum instead fuses into the exp's loop, where the product would make a pass of
-    its own.
+    sum's reduction over a leading dimension. Compiled, the sum instead fuses into the exp's loop, where the
+    product would make a pass of its own.
     """
     if not cpu_eager(exp):
         return exp.sum(dim=0).unsqueeze(-1)
@@ -86,12 +85,11 @@ class SourceSoftmaxMix(torch.autograd.Function):
     caller may leave out where exp cannot overflow, see exp_needs_no_shift), and its division moves to
     the (b, t, head_dim) output (the sum: see sum_over_sources).
     (softmax's kernel for a leading dimension walks all sources of a few columns at once, rows a whole
-    layer apart; on weights larger than the cache the plain softmax made AMixer-T and AMixer-DeiT-S about
-    10% slower at inference.) The backward folds the same division into the incoming gradient; it
-    works in place on the weights' gradient in the layout its matmul leaves (autograd's copies it first),
-    and takes the softmax's per-target sum, sum_s weights * grad_weights, as mixed . grad, a reduction over
-    head_dim instead of over the sources. (No `out=` into a strided layout: torch.compile cannot trace
-    that and would break the graph at every block.)
+    layer apart: slow on weights larger than the cache.) The backward folds the same division into the
+    incoming gradient; it works in place on the weights' gradient in the layout its matmul leaves
+    (autograd's copies it first), and takes the softmax's per-target sum, sum_s weights * grad_weights,
+    as mixed . grad, a reduction over head_dim instead of over the sources. (No `out=` into a strided
+    layout: torch.compile cannot trace that and would break the graph at every block.)
 
     Under autocast the matmuls run in its dtype and the softmax in float32, as autocast runs the plain
     ops; the backward, which autocast does not reach, keeps the same dtypes.
@@ -183,8 +181,8 @@ class AdaptiveWeightMixing(nn.Module):
             adapter_input = (by_window(x) + ape.view(w, 1, w, C)).view(B, H, W, C)
         policy = by_window(self.adapter(adapter_input)).unflatten(-1, (banks, heads))
         policy = policy.permute(2, 4, 0, 1, 3, 6, 5).reshape(N, -1, banks)  # source, (b, window, head), banks
-        # (offsets, banks), rows made contiguous for the gather and the bound's norms: from the transposed
-        # view, AMixer-DeiT's 38416 rows of 16 took twice as long to gather, forward and backward
+        # (offsets, banks), rows made contiguous for the gather and the bound's norms: gathering short rows
+        # from the transposed view is slower, forward and backward
         table = self.weight_bank.t().contiguous()
         bank_logits = gather_relative(table, self.relative_position_index)  # source, target, banks
         shift = not exp_needs_no_shift(policy, table, mask)  # on the table's rows (AMixer-DeiT: 729, not 38416)

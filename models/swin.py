@@ -266,7 +266,7 @@ class SwinBlock(nn.Module):
         mask = self.attn_mask
         if mask is not None:
             # The references' -100 leaves each masked weight near exp(-100): a denormal float, which slows
-            # x86 arithmetic many-fold (shifted blocks trained 2-3x slower). -inf makes those weights exact zeros.
+            # x86 arithmetic many-fold. -inf makes those weights exact zeros.
             mask = mask.masked_fill(mask < 0, float('-inf'))
         x = self.attn(x, mask, ape)
         if s:

@@ -52,6 +52,7 @@ def final_checkpoint(output, epoch, cfg=AMIXER):
     return torch.load(os.path.join(run_dir(output, cfg), f'ckpt_epoch_{epoch}.pth'), weights_only=True)
 
 
-def eval_result(stdout: str) -> dict:
-    """The metrics that `main.py --eval` logs as `eval model: {json}`."""
-    return json.loads(stdout.split('eval model:', 1)[1].splitlines()[0])
+def eval_result(output, cfg=AMIXER) -> dict:
+    """The summary that `main.py --eval` writes to eval.json in its run folder."""
+    with open(os.path.join(run_dir(output, cfg), 'eval.json')) as f:
+        return json.load(f)

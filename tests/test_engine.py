@@ -75,9 +75,12 @@ def test_eval_reproduces_logged_accuracy_on_two_ranks(tiny_data, tmp_path):
     logged = json.loads(open(os.path.join(run_dir(tmp_path), 'metrics.jsonl')).readline())
     ckpt = os.path.join(run_dir(tmp_path), 'ckpt_epoch_0.pth')
     for nproc, launcher in ((1, 'python'), (2, 'torchrun')):
-        result = launch(['--cfg', AMIXER, '--data-path', tiny_data, '--output', str(tmp_path / 'eval'), '--eval',
-                         '--resume', ckpt, '--opts', 'DATA.NUM_WORKERS', '0'], nproc=nproc, launcher=launcher)
-        val = eval_result(result.stdout)
+        output = tmp_path / f'eval{nproc}'
+        launch(['--cfg', AMIXER, '--data-path', tiny_data, '--output', str(output), '--eval', '--resume', ckpt,
+                '--opts', 'DATA.NUM_WORKERS', '0'], nproc=nproc, launcher=launcher)
+        summary = eval_result(output)
+        assert summary['weights'] == ckpt and 'model_ema' not in summary  # no EMA in this run
+        val = summary['model']
         assert val['count'] == 33
         assert val['acc1'] == pytest.approx(logged['val_acc1'], abs=1e-9)
         assert val['loss'] == pytest.approx(logged['val_loss'], rel=1e-5)
@@ -133,5 +136,5 @@ MODEL:
                      '--pretrained', str(tmp_path / 'reference.pth'), '--output', str(tmp_path),
                      '--opts', 'DATA.NUM_WORKERS', '0'])
     assert ('converted from the reference AMixer layout' in result.stdout) == (model_type == 'amixer_swin')
-    val = eval_result(result.stdout)
+    val = eval_result(tmp_path, tmp_path / 'model.yaml')['model']
     assert val['count'] == 33

@@ -1,7 +1,8 @@
 """The demo behind `make demo`: train the ACmix and AMixer demo configs on the digits data with main.py,
 evaluate each, print a results table and plot the training curves.
 
-Each run starts from scratch: an earlier demo's output is removed first (and the removal is said).
+Each run starts from scratch: an earlier demo's output is removed first (and the removal is said). The results
+come from the files the runs write: metrics.jsonl for training, eval.json for the evaluation.
 """
 import argparse
 import json
@@ -14,42 +15,36 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from config import get_default_config, merge_yaml  # noqa: E402
+from main import build_config, parse_option  # noqa: E402
 from tools.plot_curves import plot_curves, read_metrics  # noqa: E402
+from utils import run_folder  # noqa: E402
 
 DEMOS = {'ACmix-Swin': 'configs/demo/acmix_swin_demo.yaml', 'AMixer-Swin': 'configs/demo/amixer_swin_demo.yaml'}
 
 
-def main_py(*args: str) -> str:
-    """Run main.py, showing its output as it goes; return that output."""
+def main_py(*args: str) -> None:
+    """Run main.py; its output goes to this terminal as it comes."""
     cmd = [sys.executable, os.path.join(ROOT, 'main.py'), *args]
-    lines = []
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        for line in proc.stdout:
-            print(line, end='', flush=True)
-            lines.append(line)
-    if proc.returncode:
-        sys.exit(f'demo: {" ".join(cmd)} failed with exit code {proc.returncode}')
-    return ''.join(lines)
+    returncode = subprocess.run(cmd).returncode
+    if returncode:
+        sys.exit(f'demo: {" ".join(cmd)} failed with exit code {returncode}')
 
 
 def run_demo(name: str, cfg: str, data_path: str, output: str) -> dict:
-    config = get_default_config()
-    merge_yaml(config, os.path.join(ROOT, cfg))
-    run_dir = os.path.join(output, config.MODEL.NAME, config.TAG)
+    args = ['--cfg', os.path.join(ROOT, cfg), '--data-path', data_path, '--output', output]
+    run_dir = run_folder(build_config(parse_option(args)))
     if os.path.isdir(run_dir):
         print(f'demo: removing the earlier run {run_dir}: the demo trains from scratch')
         shutil.rmtree(run_dir)
     start = time.time()
-    main_py('--cfg', cfg, '--data-path', data_path, '--output', output)
+    main_py(*args)
     wall = time.time() - start
-    out = main_py('--cfg', cfg, '--data-path', data_path, '--output', output, '--eval',
-                  '--resume', os.path.join(run_dir, 'best.pth'))
-    val = json.loads(out.split('eval model:', 1)[1].splitlines()[0])
-    params = int(out.split(' parameters')[0].rsplit(': ', 1)[1].replace(',', ''))
+    main_py(*args, '--eval', '--resume', os.path.join(run_dir, 'best.pth'))
+    with open(os.path.join(run_dir, 'eval.json')) as f:
+        evaluation = json.load(f)
     records = read_metrics(run_dir)
-    return {'model': name, 'params': params, 'val_acc1': val['acc1'], 'epochs': len(records),
-            'train_s': sum(r['epoch_time_s'] for r in records), 'wall_s': wall,
+    return {'model': name, 'params': evaluation['parameters'], 'val_acc1': evaluation['model']['acc1'],
+            'epochs': len(records), 'train_s': sum(r['epoch_time_s'] for r in records), 'wall_s': wall,
             'images_per_s': sum(r['train_images_per_s'] for r in records) / len(records), 'run_dir': run_dir}
 
 
