@@ -7,7 +7,6 @@ cyclically shifted map and are mixed as rate1 * attention + rate2 * convolution.
 """
 from __future__ import annotations
 
-import importlib.util
 from functools import partial
 
 import torch
@@ -74,11 +73,12 @@ class ACmixAttention(WindowAttention):
         return group_conv3x3(qkv.flatten(3), folded, bias_map, groups)
 
 
-# How group_conv3x3 runs, by device type (others: 'grouped'): 'triton' (the kernels of models/acmix_conv.py),
-# 'dense' (the equal dense convolution) or 'grouped' (F.conv2d's grouped kernels: oneDNN's are fast on the CPU,
-# cuDNN's slow for ACmix's few channels per group). Set from outside to compare them in one process (or to
-# run the kernels on the CPU in Triton's interpreter). Triton ships with torch's CUDA wheels; without it: dense.
-CONV_IMPL = {'cuda': 'triton' if importlib.util.find_spec('triton') else 'dense'}
+# How group_conv3x3 runs, by device type (others: 'grouped'): 'dense' (the equal dense convolution),
+# 'grouped' (F.conv2d's grouped kernels: oneDNN's are fast on the CPU, cuDNN's slow for ACmix's few channels
+# per group) or 'triton' (the kernels of models/acmix_conv.py). On CUDA the dense convolution, despite its 32x
+# multiply-adds, measured fastest of the three (docs/acmix_conv.md). Set from outside to compare them in one
+# process (or to run the kernels on the CPU in Triton's interpreter).
+CONV_IMPL = {'cuda': 'dense'}
 
 
 def group_conv3x3(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
