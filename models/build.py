@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import Tensor
+from yacs.config import CfgNode
 
 from config import get_default_config, merge_yaml
 from .acmix import acmix_swin
@@ -108,7 +109,7 @@ PAPERS = {
 }
 
 
-def published_config(name: str):
+def published_config(name: str) -> CfgNode:
     """The config tree of a published model: the defaults merged with its configs/<name>.yaml."""
     config = get_default_config()
     merge_yaml(config, str(CONFIG_DIR / f'{name}.yaml'))
