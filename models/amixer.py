@@ -209,8 +209,13 @@ def amixer_swin(*, k: float = 1.5, policy_ape: bool = True, init_values: float =
 def amixer_deit(*, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                 embed_dim: int = 768, depth: int = 12, num_heads: int = 1, k: int = 16, mlp_ratio: float = 4.,
                 init_values: float = 1e-3, drop_rate: float = 0., drop_path_rate: float = 0.,
-                adapter_reduction: int = 4, use_checkpoint: bool = False) -> SwinTransformer:
-    """Isotropic AMixer-DeiT: k weight banks per block over the whole patch grid; defaults are the reference's."""
+                adapter_reduction: int = 4, use_checkpoint: bool = False, **kwargs) -> SwinTransformer:
+    """Isotropic AMixer-DeiT: k weight banks per block over the whole patch grid; defaults are the reference's.
+
+    Other keyword arguments (global_pool, dynamic_img_size) as SwinTransformer's. At another input size its
+    window stays the built patch grid: a smaller grid is padded to it (at zero, as AMixer-Swin pads), a
+    larger one split into windows of it, and the absolute position embedding is resampled to the grid.
+    """
     def mixer(dim: int, heads: int, window_size: int) -> AdaptiveWeightMixing:
         return AdaptiveWeightMixing(dim, heads, window_size, k, adapter_reduction)
 
@@ -218,7 +223,7 @@ def amixer_deit(*, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
         mixer, img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
         embed_dim=embed_dim, depths=(depth,), num_heads=(num_heads,), window_size=img_size // patch_size,
         mlp_ratio=mlp_ratio, drop_rate=drop_rate, drop_path_rate=drop_path_rate, ape=True, norm_eps=1e-6,
-        layer_scale=init_values, use_checkpoint=use_checkpoint)
+        layer_scale=init_values, use_checkpoint=use_checkpoint, **kwargs)
 
 
 def convert_reference_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

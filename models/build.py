@@ -1,12 +1,18 @@
 """Build a model from the config tree or from reference arguments, and register the published ones with timm."""
 from __future__ import annotations
 
+import math
+import re
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import Tensor
+from yacs.config import CfgNode
 
 from config import get_default_config, merge_yaml
 from .acmix import acmix_swin
@@ -14,7 +20,8 @@ from .amixer import (PUBLISHED_OPTIONS, REFERENCE_OPTION_DEFAULTS, amixer_deit, 
                      convert_reference_state_dict)
 from .swin import swin
 
-__all__ = ['FAMILIES', 'build_model', 'model_args', 'from_reference', 'load_reference_state_dict']
+__all__ = ['FAMILIES', 'TIMM_MODELS', 'build_model', 'model_args', 'from_reference', 'load_reference_state_dict',
+           'checkpoint_filter_fn']
 
 FAMILIES: dict[str, Callable[..., nn.Module]] = {
     'swin': swin,
@@ -82,16 +89,73 @@ def load_reference_state_dict(model: nn.Module, family: str, state_dict: dict[st
     model.load_state_dict(state_dict)
 
 
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, Tensor]:
+    """timm's pretrained filter: a checkpoint's state dict in the layout of `model`. Unwraps {'model': ...}
+    (this project's and the released checkpoints) and converts the reference AMixer layout, which names its
+    mixer `spatial_mixer` (Swin) or `spatil_mlp` (DeiT); Swin's and ACmix's layout is ours already."""
+    state_dict = state_dict.get('model', state_dict)
+    if any(re.search(r'\.(spatial_mixer|spatil_mlp)\.', key) for key in state_dict):
+        state_dict = convert_reference_state_dict(state_dict)
+    return state_dict
+
+
+# The published models' sources, for their timm pretrained cfgs
+PAPERS = {
+    'acmix': dict(paper_ids='arXiv:2111.14556', paper_name='On the Integration of Self-Attention and Convolution',
+                  origin_url='https://github.com/LeapLabTHU/ACmix'),
+    'amixer': dict(paper_ids='arXiv:2209.13802',
+                   paper_name='AMixer: Adaptive Weight Mixing for Self-attention Free Vision Transformers',
+                   origin_url='https://github.com/raoyongming/AMixer'),
+}
+
+
+def published_config(name: str) -> CfgNode:
+    """The config tree of a published model: the defaults merged with its configs/<name>.yaml."""
+    config = get_default_config()
+    merge_yaml(config, str(CONFIG_DIR / f'{name}.yaml'))
+    return config
+
+
+def pretrained_cfg(name: str) -> dict[str, Any]:
+    """timm's pretrained cfg of a published model, from its yaml: input size, test-time crop and
+    normalisation, the final feature map's size, module names, paper. No weights are published through
+    timm (a released checkpoint loads with pretrained_cfg_overlay=dict(file=...))."""
+    config = published_config(name)
+    family, kwargs = model_args(config)
+    side = config.DATA.IMG_SIZE // kwargs['patch_size']
+    for _ in range(len(kwargs.get('depths', [1])) - 1):
+        side = math.ceil(side / 2)  # patch merging pads an odd side
+    return dict(url='', num_classes=1000, input_size=(kwargs['in_chans'], config.DATA.IMG_SIZE, config.DATA.IMG_SIZE),
+                pool_size=(side, side), fixed_input_size=True, crop_pct=config.TEST.CROP_PCT,
+                interpolation=config.DATA.INTERPOLATION, mean=tuple(config.DATA.MEAN), std=tuple(config.DATA.STD),
+                first_conv='patch_embed.proj', classifier='head', **PAPERS[family.split('_')[0]])
+
+
+default_cfgs = generate_default_cfgs({name: pretrained_cfg(name) for name in TIMM_MODELS})
+
+
+def build_family(family: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 **kwargs) -> nn.Module:
+    """FAMILIES[family](**kwargs), its tensors created on `device` (meta included) and cast to `dtype`."""
+    with torch.device(device) if device is not None else nullcontext():
+        model = FAMILIES[family](**kwargs)
+    return model if dtype is None else model.to(dtype)
+
+
 def _published_entrypoint(name: str) -> Callable[..., nn.Module]:
-    def create(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
-               **kwargs) -> nn.Module:
-        # timm passes its pretrained-weight plumbing along; these models have no timm weights to use it for
-        if pretrained:
-            raise ValueError(f'{name}: no pretrained weights are published through timm')
-        config = get_default_config()
-        merge_yaml(config, str(CONFIG_DIR / f'{name}.yaml'))
-        family, defaults = model_args(config)
-        return FAMILIES[family](**{**defaults, **kwargs})
+    def create(pretrained: bool = False, **kwargs) -> nn.Module:
+        overrides = {key: kwargs[key] for key in ('pretrained_cfg', 'pretrained_cfg_overlay') if key in kwargs}
+        if pretrained and not resolve_pretrained_cfg(name, **overrides).has_weights:
+            raise ValueError(f'{name}: no pretrained weights are published through timm; load a released '
+                             f"checkpoint with pretrained_cfg_overlay=dict(file='path/to/checkpoint.pth')")
+        family, defaults = model_args(published_config(name))
+        # features: the end of each stage, or of the last 3 blocks of the one-stage AMixer-DeiT (as timm's ViTs)
+        out_indices = kwargs.pop('out_indices', 3 if family == 'amixer_deit' else tuple(range(len(defaults['depths']))))
+        # a feature extractor is a backbone: it takes any input size
+        kwargs.setdefault('dynamic_img_size', kwargs.get('features_only', False))
+        return build_model_with_cfg(
+            partial(build_family, family), name, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(feature_cls='getter', out_indices=out_indices), **{**defaults, **kwargs})
 
     create.__name__ = create.__qualname__ = name
     create.__doc__ = f'{name} as published; keyword arguments override its configs/{name}.yaml.'

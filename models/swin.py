@@ -11,13 +11,14 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from functools import partial
-from typing import Callable, Sequence
+from functools import lru_cache, partial
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Mlp, trunc_normal_
+from timm.layers import Mlp, register_notrace_function, register_notrace_module, resample_abs_pos_embed, trunc_normal_
+from timm.models._features import feature_take_indices  # timm exports it from no public module
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -66,20 +67,29 @@ def cyclic_shift(x: Tensor, shift: int) -> Tensor:
     return x.reshape(B, H * W, C).index_select(1, order).view(B, H, W, C)
 
 
-def shifted_window_mask(size: int, window_size: int, shift_size: int) -> Tensor:
-    """(num_windows, N, N) additive mask for a (size x size) map rolled by -shift_size.
+def shifted_window_mask(size: int | tuple[int, int], window_size: int, shift_size: int) -> Tensor:
+    """(num_windows, N, N) additive mask for a (size x size), or (height x width), map rolled by -shift_size.
 
     After the roll, a window at the border holds tokens from up to four image regions that are not
     neighbours; a token attends only within its own region (-100 elsewhere, as the references use).
     """
     w, s = window_size, shift_size
-    region = torch.zeros(size, size)
+    height, width = (size, size) if isinstance(size, int) else size
+    region = torch.zeros(height, width)
     bands = (slice(0, -w), slice(-w, -s), slice(-s, None))
     for label, (rows, cols) in enumerate(itertools.product(bands, bands)):
         region[rows, cols] = label
-    region = region.view(size // w, w, size // w, w).transpose(1, 2).reshape(-1, w * w)  # num_windows, N (row-major)
+    region = region.view(height // w, w, width // w, w).transpose(1, 2).reshape(-1, w * w)  # num_windows, N (row-major)
     different = region[:, None, :] != region[:, :, None]
     return torch.zeros(different.shape).masked_fill(different, -100.0)
+
+
+@lru_cache(maxsize=32)
+def padded_map_mask(height: int, width: int, window_size: int, shift_size: int, device: torch.device) -> Tensor:
+    """shifted_window_mask of a map of another size than the built one, -inf where masked (see mix_tokens);
+    cached per size and device, as a stage's blocks and a detector's fixed input size reuse it."""
+    mask = shifted_window_mask((height, width), window_size, shift_size).to(device)
+    return mask.masked_fill(mask < 0, float('-inf'))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -151,6 +161,7 @@ class PatchEmbed(nn.Module):
         return x.contiguous() if self.norm is None else self.norm(x)
 
 
+@register_notrace_module  # FX: its padding branches on the map's size
 class PatchMerging(nn.Module):
     """Halve the resolution and double the width.
 
@@ -203,6 +214,7 @@ class BlockSettings:
     store_mask: bool  # the shifted-window mask is a state-dict buffer, as in Swin's released checkpoints
 
 
+@register_notrace_module  # FX: padding, masks and drop path branch on sizes and devices; a leaf for timm's tracer
 class SwinBlock(nn.Module):
     """Pre-norm residual block: (shifted-)window token mixing, then an MLP."""
 
@@ -211,7 +223,7 @@ class SwinBlock(nn.Module):
         super().__init__()
         self.window_size = window_size
         self.shift_size = window_size // 2 if shift else 0
-        # sides are padded up to whole windows (AMixer; Swin's always divide)
+        # the built map's sides padded up to whole windows (AMixer; Swin's always divide): the stored mask's size
         self.padded_size = math.ceil(resolution / window_size) * window_size
         self.norm1 = nn.LayerNorm(dim, eps=settings.norm_eps)
         self.attn = settings.mixer(dim, num_heads, window_size)  # `attn` for every mixer: the checkpoints' name
@@ -256,22 +268,26 @@ class SwinBlock(nn.Module):
         return ScaledResidual.apply(x, scale if gamma is None else scale * gamma, y)
 
     def mix_tokens(self, x: Tensor, ape: Tensor | None) -> Tensor:
+        """Pads the sides to whole windows (at zero, as Swin's detection backbone does), shifts, mixes, and
+        undoes both. Any map size works: the built one uses the stored mask, others a computed one."""
         B, H, W, C = x.shape
-        pad = self.padded_size - H
-        s = self.shift_size
-        if pad:
-            x = F.pad(x, (0, 0, 0, pad, 0, pad))
+        w, s = self.window_size, self.shift_size
+        pad_h, pad_w = -H % w, -W % w
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        mask = None
         if s:
             x = cyclic_shift(x, -s)
-        mask = self.attn_mask
-        if mask is not None:
-            # The references' -100 leaves each masked weight near exp(-100): a denormal float, which slows
-            # x86 arithmetic many-fold. -inf makes those weights exact zeros.
-            mask = mask.masked_fill(mask < 0, float('-inf'))
+            if H + pad_h == W + pad_w == self.padded_size:
+                # The references' -100 leaves each masked weight near exp(-100): a denormal float, which slows
+                # x86 arithmetic many-fold. -inf makes those weights exact zeros.
+                mask = self.attn_mask.masked_fill(self.attn_mask < 0, float('-inf'))
+            else:
+                mask = padded_map_mask(H + pad_h, W + pad_w, w, s, x.device)
         x = self.attn(x, mask, ape)
         if s:
             x = cyclic_shift(x, s)
-        return x[:, :H, :W].contiguous() if pad else x
+        return x[:, :H, :W].contiguous() if pad_h or pad_w else x
 
 
 class SwinStage(nn.Module):
@@ -292,11 +308,13 @@ class SwinStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, self.ape, use_reentrant=False)
-            else:
-                x = block(x, self.ape)
+            x = self.run_block(block, x)
         return x if self.downsample is None else self.downsample(x)
+
+    def run_block(self, block: SwinBlock, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, self.ape, use_reentrant=False)
+        return block(x, self.ape)
 
 
 def plan_stages(img_size: int, patch_size: int, window_sizes: Sequence[int], allow_padding: bool
@@ -327,6 +345,29 @@ def plan_stages(img_size: int, patch_size: int, window_sizes: Sequence[int], all
     return plan
 
 
+@register_notrace_function  # FX: branches on the input's size
+def checked_input(x: Tensor, img_size: int, patch_size: int, dynamic_img_size: bool) -> Tensor:
+    """`x` itself, once its size is one the model takes (ValueError, naming both sizes, if not)."""
+    H, W = x.shape[-2:]
+    if not dynamic_img_size:
+        if (H, W) != (img_size, img_size):
+            raise ValueError(f'input is {H}x{W} but the model was built for img_size {img_size} '
+                             f'(built with dynamic_img_size=True it takes other sizes)')
+    elif H % patch_size or W % patch_size:
+        raise ValueError(f'input is {H}x{W}: its sides must be multiples of the patch size {patch_size}')
+    return x
+
+
+@register_notrace_function  # FX: branches on the map's size
+def add_position_embedding(x: Tensor, pos_embed: Tensor, grid: int) -> Tensor:
+    """x + the (1, grid * grid, C) absolute position embedding, resampled bicubically (as timm's ViTs do)
+    where the (B, H, W, C) map is of another size."""
+    H, W = x.shape[1:3]
+    if (H, W) != (grid, grid):
+        pos_embed = resample_abs_pos_embed(pos_embed, [H, W], [grid, grid], num_prefix_tokens=0)
+    return x + pos_embed.view(1, H, W, -1)
+
+
 class SwinTransformer(nn.Module):
     """Patch embedding, stages of blocks with patch merging in between, norm, mean pooling, linear head.
 
@@ -334,16 +375,27 @@ class SwinTransformer(nn.Module):
       allow_padding: pad stage sides to whole windows and even sizes instead of refusing them (AMixer);
       merge_bias: patch-merging projection has a bias (AMixer);
       store_masks: shifted-window masks are state-dict buffers, as in Swin's released checkpoints.
+    timm's interface: global_pool 'avg' or '' (none); dynamic_img_size: take inputs of any size whose
+    sides are multiples of patch_size (each block keeps its built window and shift, and pads to whole
+    windows), not only img_size. Features are (B, H, W, C) maps (output_fmt NHWC), taken at the end of
+    each stage, or of each block in a one-stage (isotropic) model.
     """
 
-    def __init__(self, mixer: MixerFactory, *, img_size: int = 224, patch_size: int = 4, in_chans: int = 3,
-                 num_classes: int = 1000, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
-                 num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int | Sequence[int] = 7,
-                 mlp_ratio: float = 4., drop_rate: float = 0., drop_path_rate: float = 0.1, ape: bool = False,
-                 patch_norm: bool = True, norm_eps: float = 1e-5, layer_scale: float | None = None,
-                 policy_ape: bool = False, allow_padding: bool = False, merge_bias: bool = False,
-                 store_masks: bool = True, use_checkpoint: bool = False):
+    def __init__(self, mixer: MixerFactory, *, img_size: int | Sequence[int] = 224, patch_size: int = 4,
+                 in_chans: int = 3, num_classes: int = 1000, global_pool: str = 'avg', embed_dim: int = 96,
+                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_size: int | Sequence[int] = 7, mlp_ratio: float = 4., drop_rate: float = 0.,
+                 drop_path_rate: float = 0.1, ape: bool = False, patch_norm: bool = True, norm_eps: float = 1e-5,
+                 layer_scale: float | None = None, policy_ape: bool = False, allow_padding: bool = False,
+                 merge_bias: bool = False, store_masks: bool = True, dynamic_img_size: bool = False,
+                 use_checkpoint: bool = False):
         super().__init__()
+        if not isinstance(img_size, int):  # timm passes its cfg's (height, width)
+            height, width = img_size
+            if height != width:
+                raise ValueError(f'img_size {tuple(img_size)}: models are built square; build with '
+                                 f'dynamic_img_size=True to take other shapes')
+            img_size = height
         num_stages = len(depths)
         window_sizes = [window_size] * num_stages if isinstance(window_size, int) else list(window_size)
         if len(window_sizes) != num_stages or len(num_heads) != num_stages:
@@ -354,10 +406,17 @@ class SwinTransformer(nn.Module):
             if dim % heads:
                 raise ValueError(f'stage width {dim} is not divisible by its {heads} heads')
         plan = plan_stages(img_size, patch_size, window_sizes, allow_padding)
+        check_global_pool(global_pool)
 
         self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
         self.num_classes = num_classes
-        self.num_features = dims[-1]
+        self.global_pool = global_pool
+        self.dynamic_img_size = dynamic_img_size
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.output_fmt = 'NHWC'
+        self.feature_dim = -1  # timm's name for the channel axis of forward_features' output
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_eps if patch_norm else None)
         grid = img_size // patch_size
         self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim)) if ape else None
@@ -371,13 +430,29 @@ class SwinTransformer(nn.Module):
             self.layers.append(SwinStage(
                 dims[i], resolution, num_heads[i], window, shift, drop_paths[first:first + depths[i]], settings,
                 policy_ape, downsample=PatchMerging(dims[i], merge_bias) if i + 1 < num_stages else None))
+        # feature taps, as (stage, block) after which each is taken, and timm's description of them
+        if num_stages == 1:
+            self.feature_taps = [(0, j) for j in range(depths[0])]
+            self.feature_info = [dict(num_chs=dims[0], reduction=patch_size, module=f'layers.0.blocks.{j}')
+                                 for j in range(depths[0])]
+        else:
+            self.feature_taps = [(i, depth - 1) for i, depth in enumerate(depths)]
+            self.feature_info = [dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f'layers.{i}')
+                                 for i, dim in enumerate(dims)]
         self.norm = nn.LayerNorm(self.num_features, eps=norm_eps)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = self.classifier(num_classes)
 
         if self.absolute_pos_embed is not None:
             trunc_normal_(self.absolute_pos_embed, std=.02)
         self.apply(_init_weights)
         self.set_grad_checkpointing(use_checkpoint)
+
+    def classifier(self, num_classes: int) -> nn.Module:
+        """A new linear head for num_classes (none for 0), on the model's device and in its dtype."""
+        if num_classes <= 0:
+            return nn.Identity()
+        weight = self.patch_embed.proj.weight
+        return nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.layers:
@@ -389,21 +464,111 @@ class SwinTransformer(nn.Module):
     def no_weight_decay_keywords(self) -> set[str]:
         return {'relative_position_bias_table'}
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """(B, in_chans, img_size, img_size) images -> (B, num_features) pooled features."""
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f'input is {x.shape[-2]}x{x.shape[-1]} but the model was built for '
-                             f'img_size {self.img_size}')
-        x = self.patch_embed(x)
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter groups (as for layer-wise rate decay), in the order of the network: the
+        embedding; per stage its policy position embedding, each block, its patch merging; the final norm."""
+        return dict(
+            stem=r'^patch_embed|^absolute_pos_embed',
+            blocks=r'^layers\.(\d+)' if coarse else [
+                (r'^layers\.(\d+)\.ape', (-1,)),
+                (r'^layers\.(\d+)\.blocks\.(\d+)', None),
+                (r'^layers\.(\d+)\.downsample', (99998,)),
+                (r'^norm', (99999,)),
+            ])
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, freshly initialised head for num_classes (0: none); global_pool None keeps the pooling."""
+        if global_pool is not None:
+            check_global_pool(global_pool)
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = self.classifier(num_classes).train(self.training)
+        _init_weights(self.head)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Images -> the (B, H, W, C) token map that the first stage takes."""
+        x = self.patch_embed(checked_input(x, self.img_size, self.patch_size, self.dynamic_img_size))
         if self.absolute_pos_embed is not None:
-            x = x + self.absolute_pos_embed.view(1, *x.shape[1:])
-        x = self.pos_drop(x)
+            x = add_position_embedding(x, self.absolute_pos_embed, self.img_size // self.patch_size)
+        return self.pos_drop(x)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, in_chans, H, W) images -> (B, H', W', num_features) normalised, unpooled features."""
+        x = self.embed(x)
         for stage in self.layers:
             x = stage(x)
-        return self.norm(x).mean(dim=(1, 2))
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(1, 2))
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
+
+    def run_to_tap(self, x: Tensor, last: int) -> Iterator[Tensor]:
+        """The token map at each feature tap up to index `last`, running the network after the embedding
+        only as far as that tap."""
+        taps = self.feature_taps[:last + 1]
+        tap = 0
+        for i, stage in enumerate(self.layers):
+            for j, block in enumerate(stage.blocks):
+                x = stage.run_block(block, x)
+                if (i, j) == taps[tap]:
+                    yield x
+                    tap += 1
+                    if tap == len(taps):
+                        return
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False
+                              ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's feature extraction: the features at the taps `indices` selects (None: all; n: the last n;
+        a sequence: those), and unless intermediates_only, forward_features' output. `norm` applies the
+        final norm to the last tap's features; stop_early stops at the last tap selected."""
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f'output_fmt {output_fmt!r}: features are NCHW or NHWC')
+        num_taps = len(self.feature_taps)
+        take_indices, max_index = feature_take_indices(num_taps, indices)
+        last = max_index if stop_early or intermediates_only else num_taps - 1
+        intermediates = []
+        for index, x in enumerate(self.run_to_tap(self.embed(x), last)):
+            if index in take_indices:
+                feature = self.norm(x) if norm and index == num_taps - 1 else x
+                intermediates.append(feature.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else feature)
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if last == num_taps - 1 else x), intermediates
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drops the network past the last tap `indices` selects (see forward_intermediates), and the final
+        norm and head where asked or where they no longer fit; returns the selected taps' indices."""
+        take_indices, max_index = feature_take_indices(len(self.feature_taps), indices)
+        stage, block = self.feature_taps[max_index]
+        self.layers = self.layers[:stage + 1]
+        self.layers[stage].blocks = self.layers[stage].blocks[:block + 1]
+        self.layers[stage].downsample = None
+        self.feature_taps = self.feature_taps[:max_index + 1]
+        pruned_end = max_index < len(self.feature_info) - 1
+        if prune_norm or pruned_end:
+            self.norm = nn.Identity()
+        if pruned_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or pruned_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+def check_global_pool(global_pool: str) -> None:
+    if global_pool not in ('avg', ''):
+        raise ValueError(f"global_pool {global_pool!r}: 'avg' (the mean over positions) and '' (none) are implemented")
 
 
 def _init_weights(module: nn.Module) -> None:

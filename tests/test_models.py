@@ -3,6 +3,7 @@
 Expected values come from tests/data/golden (outputs of the reference code and the published models'
 sizes), never from this project's own output.
 """
+import copy
 import json
 import subprocess
 import sys
@@ -11,13 +12,14 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from timm.models import group_parameters
 
 from config import get_default_config, merge_yaml
 from models import build_model, from_reference
 from models.acmix import ACmixAttention, dense_weight
 from models.amixer import AdaptiveWeightMixing, SourceSoftmaxMix, convert_reference_state_dict, exp_needs_no_shift
 from models.swin import ScaledResidual, SwinTransformer, WindowAttention, shifted_window_mask
-from models.build import TIMM_MODELS
+from models.build import TIMM_MODELS, checkpoint_filter_fn
 from tools.check_golden import main as check_golden
 from tools.model_info import model_info
 
@@ -172,6 +174,97 @@ def test_timm_create_model_honours_keyword_arguments(name):
     assert model.layers[-1].blocks[-1].drop_path == pytest.approx(0.3)
     with pytest.raises(ValueError, match='pretrained'):
         timm.create_model(name, pretrained=True)
+
+
+@pytest.mark.parametrize('name', TIMM_MODELS)
+def test_timm_builds_on_the_device_and_in_the_dtype_asked_with_a_pretrained_cfg(name):
+    model = timm.create_model(name, device='meta', dtype=torch.bfloat16)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert all(t.device.type == 'meta' for t in tensors.values())
+    assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.bfloat16}
+    cfg = model.pretrained_cfg
+    # test-time preprocessing as the papers' code (Swin's and DeiT's): bicubic, 224 / 256 crop, ImageNet statistics
+    assert (cfg['input_size'], cfg['crop_pct'], cfg['interpolation']) == ((3, 224, 224), 0.875, 'bicubic')
+    assert (cfg['mean'], cfg['std']) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert cfg['pool_size'] == ((14, 14) if name == 'amixer_deit_s' else (7, 7))
+    assert cfg['paper_ids'] == ('arXiv:2111.14556' if name.startswith('acmix') else 'arXiv:2209.13802')
+    state_dict = model.state_dict()
+    assert f"{cfg['first_conv']}.weight" in state_dict and f"{cfg['classifier']}.weight" in state_dict
+
+
+def test_timm_loads_a_reference_amixer_checkpoint_file_through_its_filter(tmp_path):
+    golden = load_golden(GOLDEN / 'amixer_swin_small_geometry.pt')
+    torch.save({'model': golden['state_dict']}, tmp_path / 'reference.pth')  # the released layout, wrapped
+    kwargs = {key: value for key, value in golden['reference_kwargs'].items()
+              if key not in ('ada', 'mode', 'pre_proj', 'post_proj', 'relative')}
+    model = timm.create_model('amixer_t', pretrained=True, **kwargs, pretrained_cfg_overlay=dict(
+        file=str(tmp_path / 'reference.pth'), num_classes=kwargs['num_classes'])).eval()
+    with torch.no_grad():
+        assert (model(golden['input']) - golden['output']).abs().max() <= 1e-4
+    ours = {'model': model.state_dict()}  # this project's own checkpoints pass the filter unchanged
+    assert checkpoint_filter_fn(ours, model) is ours['model']
+
+
+def small_model(name, **kwargs):
+    golden = load_golden(GOLDEN / f'{name}.pt')
+    return from_reference(golden['family'], {**golden['reference_kwargs'], **kwargs}).eval(), golden['input']
+
+
+@pytest.mark.parametrize('name, channels, sides', [
+    ('acmix_swin_small_geometry', [16, 32, 64, 128], [32, 16, 8, 4]),  # 64 px, patch 2: a stage per tap
+    ('amixer_deit_small_geometry', [32, 32], [8, 8]),  # 32 px, patch 4, two blocks: a block per tap
+])
+def test_forward_intermediates_taps_and_pruning(name, channels, sides):
+    model, images = small_model(name)
+    assert [info['num_chs'] for info in model.feature_info] == channels
+    with torch.no_grad():
+        final, taps = model.forward_intermediates(images)
+        assert [tuple(t.shape) for t in taps] == [(2, c, s, s) for c, s in zip(channels, sides)]
+        assert torch.equal(final, model.forward_features(images))
+        assert torch.equal(model.forward_intermediates(images, indices=1, norm=True, output_fmt='NHWC',
+                                                       intermediates_only=True)[0], final)
+        for i in range(len(taps)):
+            early, = model.forward_intermediates(images, indices=[i], stop_early=True, intermediates_only=True)
+            assert torch.equal(early, taps[i])
+            pruned = copy.deepcopy(model)
+            assert pruned.prune_intermediate_layers([i], prune_norm=True) == [i]
+            assert torch.equal(pruned(images).permute(0, 3, 1, 2), taps[i])  # no norm, no pooling, no head
+            assert pruned.num_features == channels[i]
+
+
+def test_reset_classifier_and_forward_head():
+    model, images = small_model('swin_small_geometry')
+    with torch.no_grad():
+        features = model.forward_features(images)
+        assert features.shape == (2, 4, 4, model.num_features)  # unpooled, channels last
+        pooled = model.forward_head(features, pre_logits=True)
+        torch.testing.assert_close(pooled, features.mean(dim=(1, 2)), rtol=0, atol=0)
+        model.reset_classifier(5)
+        assert model.get_classifier().out_features == 5 and not model.get_classifier().training
+        assert model(images).shape == (2, 5)
+        model.reset_classifier(0, '')
+        assert torch.equal(model(images), features)
+    with pytest.raises(ValueError, match="global_pool 'max'"):
+        model.reset_classifier(0, 'max')
+
+
+def test_group_matcher_orders_parameters_as_the_network():
+    """Groups for layer-wise rate decay: the embedding; per stage its policy position embedding, each block,
+    its patch merging; the final norm with the last block (timm's Swin does the same); the head last."""
+    model, _ = small_model('amixer_swin_policy_ape')
+    expected = [['patch_embed.norm.bias', 'patch_embed.norm.weight', 'patch_embed.proj.bias', 'patch_embed.proj.weight']]
+    for i in range(4):
+        expected += [[f'layers.{i}.ape'], [f'layers.{i}.blocks.0'], [f'layers.{i}.blocks.1']]
+        if i < 3:
+            expected.append([f'layers.{i}.downsample.norm', f'layers.{i}.downsample.reduction'])
+    expected[-1] += ['norm.bias', 'norm.weight']
+    expected.append(['head.bias', 'head.weight'])
+    groups = group_parameters(model, model.group_matcher()).values()
+    assert [sorted({'.'.join(name.split('.')[:4]) for name in names}) for names in groups] == expected
+    coarse = group_parameters(model, model.group_matcher(coarse=True)).values()
+    assert [sorted({'.'.join(name.split('.')[:2]) for name in names}) for names in coarse] == [
+        ['patch_embed.norm', 'patch_embed.proj'], ['layers.0'], ['layers.1'], ['layers.2'], ['layers.3'],
+        ['head.bias', 'head.weight', 'norm.bias', 'norm.weight']]
 
 
 # ----------------------------------------------------------------------------------------------------
