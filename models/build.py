@@ -5,13 +5,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch.nn as nn
-from timm.models import register_model
+from timm.models import load_pretrained, register_model
 from torch import Tensor
 
 from config import get_default_config, merge_yaml
 from .acmix import acmix_swin
 from .amixer import (PUBLISHED_OPTIONS, REFERENCE_OPTION_DEFAULTS, amixer_deit, amixer_swin,
                      convert_reference_state_dict)
+from .pretrained import checkpoint_filter_fn
 from .swin import swin
 
 __all__ = ['FAMILIES', 'build_model', 'model_args', 'from_reference', 'load_reference_state_dict']
@@ -85,13 +86,18 @@ def load_reference_state_dict(model: nn.Module, family: str, state_dict: dict[st
 def _published_entrypoint(name: str) -> Callable[..., nn.Module]:
     def create(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
                **kwargs) -> nn.Module:
-        # timm passes its pretrained-weight plumbing along; these models have no timm weights to use it for
-        if pretrained:
-            raise ValueError(f'{name}: no pretrained weights are published through timm')
+        # no weights are published through timm: pretrained=True loads a file, adapted to the model
+        file = (pretrained_cfg_overlay or {}).get('file')
+        if pretrained and not file:
+            raise ValueError(f'{name}: no pretrained weights are published through timm; '
+                             f'pass pretrained_cfg_overlay=dict(file=PATH)')
         config = get_default_config()
         merge_yaml(config, str(CONFIG_DIR / f'{name}.yaml'))
         family, defaults = model_args(config)
-        return FAMILIES[family](**{**defaults, **kwargs})
+        model = FAMILIES[family](**{**defaults, **kwargs})
+        if pretrained:
+            load_pretrained(model, pretrained_cfg={'file': file}, filter_fn=checkpoint_filter_fn)
+        return model
 
     create.__name__ = create.__qualname__ = name
     create.__doc__ = f'{name} as published; keyword arguments override its configs/{name}.yaml.'
