@@ -68,16 +68,15 @@ def resize_grid_table(table: Tensor, length: int, grid_dim: int) -> Tensor:
     return resized.reshape(*moved.shape[:-1], length).movedim(-1, grid_dim)
 
 
-def _grid_dim(key: str) -> int | None:
-    return next((dim for pattern, dim in GRID_TABLES.items() if pattern.fullmatch(key)), None)
-
-
-def _resizable(value: Tensor, target: Tensor, grid_dim: int) -> bool:
-    """Same shape but for the grid dimension, and both grids square."""
-    others = [n for i, n in enumerate(value.shape) if i != grid_dim]
-    target_others = [n for i, n in enumerate(target.shape) if i != grid_dim]
-    return (value.ndim == target.ndim and others == target_others
-            and all(math.isqrt(n) ** 2 == n for n in (value.shape[grid_dim], target.shape[grid_dim])))
+def _resizable_dim(key: str, value: Tensor, target: Tensor | None) -> int | None:
+    """The grid dimension along which the checkpoint's `value` resizes to the model's `target`, if `key` names a
+    grid table and the two differ in the size of that square grid alone; else None."""
+    dim = next((d for pattern, d in GRID_TABLES.items() if pattern.fullmatch(key)), None)
+    if dim is None or target is None or value.ndim != target.ndim or value.shape == target.shape:
+        return None
+    same_elsewhere = all(a == b for i, (a, b) in enumerate(zip(value.shape, target.shape)) if i != dim)
+    square = all(math.isqrt(n) ** 2 == n for n in (value.shape[dim], target.shape[dim]))
+    return dim if same_elsewhere and square else None
 
 
 def adapt_state_dict(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
@@ -92,10 +91,9 @@ def adapt_state_dict(state_dict: dict[str, Tensor], model: nn.Module) -> dict[st
     for key, value in state_dict.items():
         if key.endswith(GEOMETRY_BUFFERS):
             continue
-        target, grid_dim = own.get(key), _grid_dim(key)
-        if target is not None and value.shape != target.shape and grid_dim is not None \
-                and _resizable(value, target, grid_dim):
-            value = resize_grid_table(value.to(target.dtype), target.shape[grid_dim], grid_dim)
+        dim = _resizable_dim(key, value, own.get(key))
+        if dim is not None:
+            value = resize_grid_table(value.to(own[key].dtype), own[key].shape[dim], dim)
             resized.append(key)
         adapted[key] = value
     adapted.update({key: value for key, value in own.items() if key.endswith(GEOMETRY_BUFFERS)})
