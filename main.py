@@ -29,8 +29,8 @@ from data import BadImageTracker, DataError, LoadedData, build_loader
 from logger import create_logger
 from lr_scheduler import build_scheduler
 from models import build_model
-from models.amixer import convert_reference_state_dict
 from models.build import CONFIG_DIR
+from models.pretrained import load_pretrained
 from optimizer import build_optimizer
 from utils import (THROUGHPUT_MODES, AverageMeter, DistInfo, StopRequest, ThroughputRunner, UserError,
                    all_reduce_sum, checkpoint_name, find_resume_checkpoint, get_rng_state, init_distributed,
@@ -199,18 +199,7 @@ class Trainer:
         return (epoch + 1, 0) if step >= self.steps_per_epoch else (epoch, step)
 
     def load_pretrained(self, path: str) -> None:
-        ckpt = load_checkpoint(path)
-        state = ckpt.get('model', ckpt)
-        if any('.spatial_mixer.' in k or '.spatil_mlp.' in k for k in state):  # the official AMixer code's
-            state = convert_reference_state_dict(state)
-            self.logger.info(f'{path}: converted from the reference AMixer layout')
-        own = self.model.state_dict()
-        head = [k for k in state if k.startswith('head.') and k in own and state[k].shape != own[k].shape]
-        if head:  # fine-tuning on another class count: start the head afresh
-            self.logger.warning(f'{path}: head has another class count, not loaded: {head}')
-            state = {k: v for k, v in state.items() if k not in head}
-            state.update({k: own[k] for k in head})
-        load_model_state(self.model, state, path)
+        load_pretrained(self.model, path)
         if self.model_ema is not None:  # the EMA starts from these weights, as AMixer's --finetune does
             self.model_ema.set(self.model)
         self.logger.info(f'loaded pretrained weights from {path}')

@@ -2,6 +2,7 @@
 
 Importing this package registers the published ACmix and AMixer models with timm.
 """
-from .build import FAMILIES, build_model, from_reference, load_reference_state_dict, model_args
+from .build import FAMILIES, build_model, from_reference, model_args
+from .pretrained import to_project_layout
 
-__all__ = ['FAMILIES', 'build_model', 'from_reference', 'load_reference_state_dict', 'model_args']
+__all__ = ['FAMILIES', 'build_model', 'from_reference', 'model_args', 'to_project_layout']

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import re
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -11,17 +10,15 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
-from torch import Tensor
 from yacs.config import CfgNode
 
 from config import get_default_config, merge_yaml
 from .acmix import acmix_swin
-from .amixer import (PUBLISHED_OPTIONS, REFERENCE_OPTION_DEFAULTS, amixer_deit, amixer_swin,
-                     convert_reference_state_dict)
+from .amixer import PUBLISHED_OPTIONS, REFERENCE_OPTION_DEFAULTS, amixer_deit, amixer_swin
+from .pretrained import checkpoint_filter_fn
 from .swin import swin
 
-__all__ = ['FAMILIES', 'TIMM_MODELS', 'build_model', 'model_args', 'from_reference', 'load_reference_state_dict',
-           'checkpoint_filter_fn']
+__all__ = ['FAMILIES', 'TIMM_MODELS', 'build_model', 'model_args', 'from_reference', 'checkpoint_filter_fn']
 
 FAMILIES: dict[str, Callable[..., nn.Module]] = {
     'swin': swin,
@@ -80,23 +77,6 @@ def from_reference(family: str, reference_kwargs: dict[str, Any]) -> nn.Module:
         if value != PUBLISHED_OPTIONS[option]:
             raise ValueError(f'{family}: only {option}={PUBLISHED_OPTIONS[option]!r} is implemented, not {value!r}')
     return FAMILIES[family](**kwargs)
-
-
-def load_reference_state_dict(model: nn.Module, family: str, state_dict: dict[str, Tensor]) -> None:
-    """Load a reference implementation's state dict (strict): Swin's and ACmix's layout is ours already."""
-    if family.startswith('amixer'):
-        state_dict = convert_reference_state_dict(state_dict)
-    model.load_state_dict(state_dict)
-
-
-def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, Tensor]:
-    """timm's pretrained filter: a checkpoint's state dict in the layout of `model`. Unwraps {'model': ...}
-    (this project's and the released checkpoints) and converts the reference AMixer layout, which names its
-    mixer `spatial_mixer` (Swin) or `spatil_mlp` (DeiT); Swin's and ACmix's layout is ours already."""
-    state_dict = state_dict.get('model', state_dict)
-    if any(re.search(r'\.(spatial_mixer|spatil_mlp)\.', key) for key in state_dict):
-        state_dict = convert_reference_state_dict(state_dict)
-    return state_dict
 
 
 # The published models' sources, for their timm pretrained cfgs

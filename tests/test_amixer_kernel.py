@@ -46,10 +46,10 @@ def case_tensors(name):
 
 def golden_model(name):
     """The golden file's model with its weights, and its first input image."""
-    from models import from_reference, load_reference_state_dict
+    from models import from_reference, to_project_layout
     golden = torch.load(GOLDEN / f'{name}.pt', weights_only=True)
     model = from_reference(golden['family'], golden['reference_kwargs']).eval()
-    load_reference_state_dict(model, golden['family'], golden['state_dict'])
+    model.load_state_dict(to_project_layout(golden['state_dict']))
     return model, golden['input'][:1]
 
 

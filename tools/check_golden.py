@@ -18,14 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from models import from_reference, load_reference_state_dict  # noqa: E402
+from models import from_reference, to_project_layout  # noqa: E402
 
 
 def max_abs_diff(path: str | Path, device: str = 'cpu') -> float:
     """Max abs difference between the project model's output on `device` and the golden output of one file."""
     golden = torch.load(path, map_location='cpu', weights_only=True)
     model = from_reference(golden['family'], golden['reference_kwargs']).float().eval()
-    load_reference_state_dict(model, golden['family'], golden['state_dict'])
+    model.load_state_dict(to_project_layout(golden['state_dict']))
     with torch.no_grad():
         output = model.to(device)(golden['input'].float().to(device)).cpu()
     return (output - golden['output'].float()).abs().max().item()
