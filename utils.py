@@ -6,6 +6,7 @@ import os
 import random
 import re
 import signal
+import statistics
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -279,6 +280,28 @@ class AverageMeter:
 # Throughput
 # -----------------------------------------------------------------------------
 THROUGHPUT_MODES = ('inference', 'training')
+
+
+def median_milliseconds(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 3) -> float:
+    """Median time of `fn` over `reps` calls after `warmup` calls: CUDA events on a GPU, the wall clock elsewhere
+    (the GPU check tools time single operations with it)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - begin))
+    return statistics.median(times)
 
 
 class ThroughputRunner:

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True  # as main.py on GPUs: the fastest convolution algorithm for each shape
     # main.py trains on CPU with this malloc setting; without it, glibc takes many steps to reach it, and a
-    # model measured early in the process ran up to 10% slower than the same model measured later
+    # model measured early in the process would run slower than the same model measured later
     malloc_kept = args.device == 'cpu' and keep_freed_memory()
 
     torch.manual_seed(0)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -33,6 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from models import acmix  # noqa: E402
+from utils import median_milliseconds  # noqa: E402
 
 # ACmix-S (Swin-S geometry): (map side, heads, blocks) per stage; head_dim = 32 groups everywhere
 STAGES = ((56, 3, 2), (28, 6, 2), (14, 12, 18), (7, 24, 2))
@@ -92,26 +92,6 @@ def check_errors(stages: tuple, batch: int, groups: int, device: torch.device, h
                 traceback.print_exc()
 
 
-def median_ms(fn: Callable[[], None], device: torch.device, warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - begin))
-    return statistics.median(times)
-
-
 def extra_peak_mib(fn: Callable[[], None], device: torch.device) -> float:
     """Memory one call allocates beyond what was allocated before it (0 off CUDA: not counted there)."""
     if device.type != 'cuda':
@@ -147,8 +127,8 @@ def check_speed(stages: tuple, batch: int, groups: int, device: torch.device, ha
             try:
                 acmix.CONV_IMPL[device.type] = impl
                 with torch.no_grad():
-                    forward_ms = median_ms(forward, device, warmup, reps)
-                step_ms = median_ms(forward_backward, device, warmup, reps)
+                    forward_ms = median_milliseconds(forward, device, reps, warmup)
+                step_ms = median_milliseconds(forward_backward, device, reps, warmup)
                 extra = extra_peak_mib(forward_backward, device)
                 per_step[impl] += blocks * step_ms
                 print(f'| {side}x{side}, {heads} heads | {impl} | {forward_ms:.3f} | {step_ms:.3f} | {extra:.0f} |',

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -104,30 +103,11 @@ def check(shape: Shape, batch: int, device, half) -> str:
     return '\n    '.join(['relative max errors against torch float32:'] + lines)
 
 
-def median_ms(run: Callable[[], object], device, reps: int) -> float:
-    """Median time of `run` over `reps` calls after 3 warm-up calls: CUDA events on a GPU."""
-    import torch
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(reps):
-        if device.type == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            run()
-            times.append(1e3 * (time.perf_counter() - begin))
-    return statistics.median(times)
-
-
 def timings(shape: Shape, batch: int, device, half, reps: int) -> dict[str, float]:
     """Median ms of forward+backward and of forward alone (no grad), per implementation, autocast to `half`."""
     import torch
+
+    from utils import median_milliseconds
     policy, bank, values, grad, mask = inputs(shape, batch, device)
     grad = grad.to(half)
     times = {}
@@ -147,8 +127,8 @@ def timings(shape: Shape, batch: int, device, half, reps: int) -> dict[str, floa
         if device.type == 'cuda':
             torch.cuda.synchronize()
         times[f'{implementation} first call s'] = time.perf_counter() - begin  # Triton compiles here
-        times[f'{implementation} train'] = median_ms(train, device, reps)
-        times[f'{implementation} infer'] = median_ms(infer, device, reps)
+        times[f'{implementation} train'] = median_milliseconds(train, device, reps)
+        times[f'{implementation} infer'] = median_milliseconds(infer, device, reps)
     return times
 
 
