@@ -72,8 +72,10 @@ class ACmixAttention(WindowAttention):
         # With at most 9 parts (3 heads or fewer), the fc folds into the convolution's weights at no extra
         # cost and its passes over the map go. Its bias, though, reaches the output through the zero
         # padding, so near the border it adds up over fewer kernel taps: a per-position bias map.
-        folded = torch.einsum('oiyx,ij->ojyx', weight, fc_weight)
-        bias_kernel = torch.einsum('oiyx,i->oyx', weight, fc_bias).unsqueeze(1)
+        # One batched matmul (over output channels) folds the fc's weight and, as one more part, its bias.
+        fc_weight_and_bias = torch.cat([fc_weight, fc_bias[:, None]], dim=1)  # (9 taps, parts + 1)
+        kernels = torch.bmm(fc_weight_and_bias.t().expand(len(weight), -1, -1), weight.flatten(2))
+        folded, bias_kernel = kernels.unflatten(-1, weight.shape[2:]).split([fc_weight.shape[1], 1], dim=1)
         ones = qkv.new_ones(1, 1, *qkv.shape[1:3])
         bias_map = F.conv2d(ones, bias_kernel, bias, padding=1)[0].permute(1, 2, 0)  # H, W, C
         return group_conv3x3(qkv.flatten(3), folded, bias_map, groups)
