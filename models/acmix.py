@@ -38,7 +38,6 @@ class ACmixAttention(WindowAttention):
         """`ape` is unused: ACmix has no policy to position-embed."""
         B, H, W, C = x.shape
         heads, head_dim = self.num_heads, C // self.num_heads
-
         dtype = matmul_dtype(self.qkv.weight)
 
         def head_channel_major(t: Tensor | None) -> Tensor | None:
