@@ -38,10 +38,15 @@ class ACmixAttention(WindowAttention):
         """`ape` is unused: ACmix has no policy to position-embed."""
         B, H, W, C = x.shape
         heads, head_dim = self.num_heads, C // self.num_heads
+        dtype = matmul_dtype(self.qkv.weight)
 
         def head_channel_major(t: Tensor | None) -> Tensor | None:
-            """qkv's weight or bias, its output rows reordered from (3 * heads, head_dim) to (head_dim, 3 * heads)."""
-            return None if t is None else t.unflatten(0, (3 * heads, head_dim)).transpose(0, 1).flatten(0, 1)
+            """qkv's weight or bias, its output rows reordered from (3 * heads, head_dim) to (head_dim, 3 * heads)
+            and cast to `dtype` in the same copy (autocast would cast the reordered copy once more)."""
+            if t is None:
+                return None
+            rows = t.unflatten(0, (3 * heads, head_dim)).transpose(0, 1)
+            return rows.to(dtype, memory_format=torch.contiguous_format).flatten(0, 1)
 
         # The projections come out head-channel-major, so that the convolution path's linear reads them in
         # place; attention gathers its windows from any layout.
@@ -66,11 +71,21 @@ class ACmixAttention(WindowAttention):
         # With at most 9 parts (3 heads or fewer), the fc folds into the convolution's weights at no extra
         # cost and its passes over the map go. Its bias, though, reaches the output through the zero
         # padding, so near the border it adds up over fewer kernel taps: a per-position bias map.
-        folded = torch.einsum('oiyx,ij->ojyx', weight, fc_weight)
-        bias_kernel = torch.einsum('oiyx,i->oyx', weight, fc_bias).unsqueeze(1)
+        # One batched matmul (over output channels) folds the fc's weight and, as one more part, its bias.
+        fc_weight_and_bias = torch.cat([fc_weight, fc_bias[:, None]], dim=1)  # (9 taps, parts + 1)
+        kernels = torch.bmm(fc_weight_and_bias.t().expand(len(weight), -1, -1), weight.flatten(2))
+        folded, bias_kernel = kernels.unflatten(-1, weight.shape[2:]).split([fc_weight.shape[1], 1], dim=1)
         ones = qkv.new_ones(1, 1, *qkv.shape[1:3])
         bias_map = F.conv2d(ones, bias_kernel, bias, padding=1)[0].permute(1, 2, 0)  # H, W, C
         return group_conv3x3(qkv.flatten(3), folded, bias_map, groups)
+
+
+def matmul_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype a matmul with `weight` computes in: autocast's where autocast is on, else the weight's own."""
+    device = weight.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
 
 
 # How group_conv3x3 runs, by device type (others: 'grouped'): 'dense' (the equal dense convolution),
@@ -104,10 +119,13 @@ def group_conv3x3(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tenso
 def dense_weight(weight: Tensor, groups: int) -> Tensor:
     """A group convolution's (out, in / groups, k, k) weight as the equal dense convolution's (out, in, k, k):
     block-diagonal, each output channel's weights at its group's inputs and zeros elsewhere."""
-    out_channels = weight.shape[0]
-    group = torch.arange(out_channels, device=weight.device) // (out_channels // groups)
-    one_hot = F.one_hot(group, groups).to(weight.dtype)  # exact: each weight times 1, or 0
-    return (one_hot[:, :, None, None, None] * weight[:, None]).flatten(1, 2)
+    out_channels, group_inputs, k, _ = weight.shape
+    # one op: each group's weights on the diagonal of a (groups, groups) grid, zeros off it. Built in
+    # channels-last order, the layout in which the convolution takes it (its input is channels-last) and
+    # gives its gradient: no copies between layouts either way.
+    blocks = weight.reshape(groups, out_channels // groups, group_inputs, k, k).permute(1, 3, 4, 2, 0)
+    dense = torch.diag_embed(blocks, dim1=0, dim2=4)  # (groups, out / groups, k, k, groups, in / groups)
+    return dense.view(out_channels, k, k, groups * group_inputs).permute(0, 3, 1, 2)
 
 
 def acmix_swin(*, qkv_bias: bool = True, qk_scale: float | None = None, drop_rate: float = 0.,

@@ -16,7 +16,7 @@ from timm.models import group_parameters
 
 from config import get_default_config, merge_yaml
 from models import build_model, from_reference
-from models.acmix import ACmixAttention, dense_weight
+from models.acmix import CONV_IMPL, ACmixAttention, dense_weight
 from models.amixer import AdaptiveWeightMixing, SourceSoftmaxMix, convert_reference_state_dict, exp_needs_no_shift
 from models.swin import ScaledResidual, SwinTransformer, WindowAttention, shifted_window_mask
 from models.build import TIMM_MODELS, checkpoint_filter_fn
@@ -526,6 +526,28 @@ def test_dense_weight_gives_the_group_convolution(groups):
     torch.testing.assert_close(dense, grouped)
     grad = torch.randn_like(dense)
     torch.testing.assert_close(torch.autograd.grad(dense, weight, grad), torch.autograd.grad(grouped, weight, grad))
+
+
+@pytest.mark.parametrize('heads', [2, 4])  # 6 parts: the fc folds into the convolution; 12: it does not
+def test_acmix_block_on_the_dense_path_equals_the_grouped_path(monkeypatch, heads):
+    """The dense convolution (ACmix's CUDA path) against F.conv2d's grouped one: output and every gradient."""
+    torch.manual_seed(0)
+    attn = ACmixAttention(heads * 4, heads, window_size=3).double()
+    with torch.no_grad():
+        for param in attn.parameters():  # off the shift-kernel init, so that every weight matters
+            param.add_(0.1 * torch.randn_like(param))
+    x = torch.randn(2, 6, 6, heads * 4, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 6, 6, heads * 4, dtype=torch.float64)
+    names, leaves = zip(('x', x), *attn.named_parameters())
+    results = {}
+    for how in ('grouped', 'dense'):
+        monkeypatch.setitem(CONV_IMPL, 'cpu', how)
+        out = attn(x, None)
+        results[how] = (out, torch.autograd.grad(out, leaves, grad))
+    (grouped, grouped_grads), (dense, dense_grads) = results['grouped'], results['dense']
+    torch.testing.assert_close(dense, grouped)
+    for name, a, b in zip(names, dense_grads, grouped_grads):
+        torch.testing.assert_close(a, b, msg=lambda m: f'grad of {name}: {m}')
 
 
 def test_no_weight_decay_names_exist():
