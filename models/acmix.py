@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .swin import SwinTransformer, WindowAttention
+from .swin import SwinTransformer, WindowAttention, matmul_dtype
 
 
 class ACmixAttention(WindowAttention):
@@ -78,14 +78,6 @@ class ACmixAttention(WindowAttention):
         ones = qkv.new_ones(1, 1, *qkv.shape[1:3])
         bias_map = F.conv2d(ones, bias_kernel, bias, padding=1)[0].permute(1, 2, 0)  # H, W, C
         return group_conv3x3(qkv.flatten(3), folded, bias_map, groups)
-
-
-def matmul_dtype(weight: Tensor) -> torch.dtype:
-    """The dtype a matmul with `weight` computes in: autocast's where autocast is on, else the weight's own."""
-    device = weight.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return weight.dtype
 
 
 # How group_conv3x3 runs, by device type (others: 'grouped'): 'dense' (the equal dense convolution),

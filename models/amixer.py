@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .swin import SwinTransformer, cpu_eager, gather_relative, relative_position_index
+from .swin import SwinTransformer, cpu_eager, gather_relative, matmul_dtype, relative_position_index
 
 # Options of the reference classes that exist here only with their published value ...
 PUBLISHED_OPTIONS = {'ada': True, 'mode': 'linear-softmax', 'pre_proj': True, 'post_proj': True, 'relative': True}
@@ -68,13 +68,6 @@ def sum_over_sources(exp: Tensor) -> Tensor:
     return total
 
 
-def mixing_dtype(values: Tensor) -> torch.dtype:
-    """The dtype of the mixing's matmuls: autocast's where it is on for values' device, else values'."""
-    device = values.device.type
-    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)  # not on 'meta'
-    return torch.get_autocast_dtype(device) if autocast else values.dtype
-
-
 class SourceSoftmaxMix(torch.autograd.Function):
     """mixed[b, t] = sum over sources s of softmax_s(logits)[s, b, t] * values[b, s], where
     logits[s, b, t] = policy[s, b] . bank[s, t] (+ the mask, which repeats every prod(mask.shape[2:-1]) of b).
@@ -98,7 +91,7 @@ class SourceSoftmaxMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, policy: Tensor, bank: Tensor, mask: Tensor | None, values: Tensor, shift: bool) -> Tensor:
         # policy (S, b, banks), bank (S, T, banks), mask (S, 1, ..., T) or None, values (b, S, d) -> (b, T, d)
-        dtype = mixing_dtype(values)
+        dtype = matmul_dtype(values)
         policy, bank, values = policy.to(dtype), bank.to(dtype), values.to(dtype)
         logits = torch.bmm(policy, bank.transpose(1, 2))
         if mask is not None:

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .amixer import mixing_dtype
+from .swin import matmul_dtype
 
 GROUP = 16  # rows per program, sharing each bank tile; also the reduction length of the bank's gradient matmul
 BANK_GRAD_PROGRAMS = 1024  # about how many programs the bank's gradient spreads over, for a GPU's worth of work
@@ -218,7 +218,7 @@ class FusedSourceSoftmaxMix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, policy: Tensor, bank: Tensor, values: Tensor, mask: Tensor | None, heads: int) -> Tensor:
-        dtype = mixing_dtype(values)
+        dtype = matmul_dtype(values)
         policy, bank, values = (t.to(dtype).contiguous() for t in (policy, bank, values))
         N, n_rows, K = policy.shape
         D = values.shape[-1]

@@ -40,6 +40,15 @@ def cpu_eager(t: Tensor) -> bool:
     return t.device.type == 'cpu' and not torch.compiler.is_compiling()
 
 
+def matmul_dtype(t: Tensor) -> torch.dtype:
+    """The dtype a matmul with `t` computes in: autocast's where autocast is on for its device (never on
+    'meta', which has none), else `t`'s own."""
+    device = t.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return t.dtype
+
+
 def relative_position_index(window_size: int) -> Tensor:
     """(N, N) index, N = window_size**2, of each (query, key) offset into a (2w-1)**2 table."""
     w = window_size
