@@ -271,7 +271,9 @@ class SwinBlock(nn.Module):
             index = kept.nonzero().flatten()
             if 0 < len(index) < len(kept):  # (with none kept, every branch still runs: DDP needs its gradients)
                 y = branch(x.index_select(0, index))
-                return x.index_add(0, index, y if gamma is None else y * gamma, alpha=1. / keep)
+                y = y if gamma is None else y * gamma
+                dtype = torch.promote_types(x.dtype, y.dtype)  # as x + y's (under autocast they can differ)
+                return x.to(dtype).index_add(0, index, y.to(dtype), alpha=1. / keep)
         scale = kept.div_(keep).view(-1, *(1,) * (x.ndim - 1))
         y = branch(x)
         return ScaledResidual.apply(x, scale if gamma is None else scale * gamma, y)
