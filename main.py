@@ -236,14 +236,18 @@ class Trainer:
         self.logger.info(f'saved {path}' + (' (best so far)' if is_best else ''))
 
     # ------------------------------------------------------------------ training
-    def train(self, start_epoch: int, start_step: int) -> None:
-        config = self.config
+    def prepare_training(self) -> None:
+        """The model as the training steps call it: in DDP across processes, compiled if the config asks."""
         model = self.model
         if self.dist.world_size > 1:
             model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         self.ddp = model if self.dist.world_size > 1 else None
-        self.train_model = torch.compile(model) if config.TRAIN.COMPILE else model
+        self.train_model = torch.compile(model) if self.config.TRAIN.COMPILE else model
         self.consecutive_nonfinite = 0
+
+    def train(self, start_epoch: int, start_step: int) -> None:
+        config = self.config
+        self.prepare_training()
         self.logger.info(f'training from epoch {start_epoch} step {start_step} to epoch {config.TRAIN.EPOCHS}')
         for epoch in range(start_epoch, config.TRAIN.EPOCHS):
             start = time.time()

@@ -119,6 +119,40 @@ def test_loader_benchmark_measures_both_paths(tmp_path, capsys):
     assert 'uint8 in the worker' in capsys.readouterr().out
 
 
+def test_feed_benchmark_trains_on_the_loaders_batches_and_on_one_synthetic_batch_in_turns(tmp_path, monkeypatch):
+    import dataclasses
+
+    import tools.benchmark as benchmark  # here: it imports the models
+
+    fed = []  # per epoch: the batches the training steps got
+    train_one_epoch = benchmark.Trainer.train_one_epoch
+
+    def recording(trainer, epoch, start_step):
+        batches = list(trainer.data.loader_train)
+        fed.append(batches)
+        trainer.data = dataclasses.replace(trainer.data, loader_train=iter(batches))
+        return train_one_epoch(trainer, epoch, start_step)
+
+    monkeypatch.setattr(benchmark.Trainer, 'train_one_epoch', recording)
+    make_photo_dataset(str(tmp_path / 'photos'), num_train=12, num_val=2)
+    assert benchmark.feed_main([str(tmp_path / 'photos'), '--cfg', 'configs/demo/acmix_swin_demo.yaml', '--device',
+                                'cpu', '--workers', '1', '--batch-size', '4', '--skip', '1', '--rounds', '2',
+                                '--json', str(tmp_path / 'feed.json')]) == 0
+    assert len(fed) == 6 and all(len(batches) == 3 for batches in fed)  # a warm-up epoch and 2 timed ones each
+    loader_epochs, synthetic_epochs = fed[0::2], fed[1::2]
+    for batches in synthetic_epochs:
+        assert all(images is fed[1][0][0] for images, _, _ in batches)
+    first_images = [batches[0][0] for batches in loader_epochs]
+    for images in first_images:
+        assert images.shape == fed[1][0][0].shape and images.dtype == torch.float32
+        assert not any(images is batch[0] for batch in fed[1])
+    assert not torch.equal(first_images[0], first_images[1])  # each epoch its own samples and augmentation
+    result = json.loads((tmp_path / 'feed.json').read_text())
+    assert result['settings']['steps_per_epoch'] == 3
+    assert all(len(speeds) == 2 and min(speeds) > 0 for speeds in result['images_per_s'].values())
+    assert result['ratio'] == pytest.approx(result['medians']['loader'] / result['medians']['synthetic'])
+
+
 # --- layouts ---
 
 def test_folder_and_both_list_layouts_train_alike(data_copy):

@@ -20,12 +20,25 @@ The data mode measures the training loader's images/s per worker on a folder of 
 stopping at the uint8 image (as the loaders do) and converting, normalising and erasing in float (as before):
 
     python tools/benchmark.py data datasets/photos --workers 1 --runs 5
+
+The feed mode runs main.py's training steps (the config's recipe: mixup, AMP, clipping, EMA) for whole epochs
+fed in turns by the training loader and by one synthetic batch already on the device, and reports both
+images/s and their ratio: whether the loader keeps the device busy. Make the dataset large enough for
+epochs of a few dozen steps:
+
+    python tools/make_demo_dataset.py --photos --num-train 6400 --out datasets/photos_6400
+    python tools/benchmark.py feed datasets/photos_6400 --cfg configs/acmix_swin_small_patch4_window7_224.yaml \
+        --workers 8 --batch-size 128
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import itertools
 import json
+import logging
+import os
 import platform
 import resource
 import statistics
@@ -33,6 +46,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Iterable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -43,12 +57,13 @@ import torch.nn as nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from config import get_default_config, merge_yaml  # noqa: E402
-from data import build_loader  # noqa: E402
+from data import LoadedData, build_loader  # noqa: E402
 from data.datasets import collate  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
+from main import Trainer  # noqa: E402
 from models import build_model  # noqa: E402 (the import registers the ACmix and AMixer names with timm)
 from optimizer import FUSED_DEVICES  # noqa: E402
-from utils import THROUGHPUT_MODES as MODES, ThroughputRunner, keep_freed_memory  # noqa: E402
+from utils import THROUGHPUT_MODES as MODES, ThroughputRunner, init_distributed, keep_freed_memory  # noqa: E402
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
@@ -321,5 +336,92 @@ def data_main(argv: list[str]) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------ feed mode: training fed by the loader
+
+FEEDS = ('loader', 'synthetic')
+
+
+def timed_epoch(trainer: Trainer, data: LoadedData, epoch: int, batches: Iterable, skip: int) -> float:
+    """Images/s of main.py's training steps over one epoch fed `batches`, from step `skip` to the epoch's end
+    (so that the workers' first batches of an epoch, which a long epoch hardly notices, are not timed)."""
+    marks = []
+
+    def fed() -> Iterator:
+        for step, batch in enumerate(batches):
+            if step == skip:
+                if trainer.device.type == 'cuda':
+                    torch.cuda.synchronize(trainer.device)
+                marks.append(time.perf_counter())
+            yield batch
+
+    trainer.data = dataclasses.replace(data, loader_train=fed())
+    trainer.train_one_epoch(epoch, 0)  # ends by reading the loss: the device is through
+    seconds = time.perf_counter() - marks[0]
+    return (trainer.steps_per_epoch - skip) * trainer.config.DATA.BATCH_SIZE / seconds
+
+
+def feed_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser('benchmark.py feed', description="main.py's training steps fed by the "
+                                     "training loader and by one synthetic batch on the device, epoch by epoch "
+                                     'in turns: does the loader keep the device busy?')
+    parser.add_argument('data_path', metavar='DIR', help='dataset root, e.g. from make_demo_dataset.py --photos; '
+                        'its training images / batch size are the steps of an epoch')
+    parser.add_argument('--cfg', required=True, metavar='FILE', help="the model, recipe and augmentation")
+    parser.add_argument('--device', default='auto', help="'auto' (CUDA if there is one), 'cuda' or 'cpu'")
+    parser.add_argument('--workers', type=int, default=8, help='loader worker processes (default 8)')
+    parser.add_argument('--batch-size', type=int, default=128, help='images per batch (default 128)')
+    parser.add_argument('--skip', type=int, default=8, help='untimed steps at the start of each epoch (default 8)')
+    parser.add_argument('--rounds', type=int, default=3, help='timed epochs of each feed, after one untimed '
+                        'epoch of each (default 3)')
+    parser.add_argument('--json', metavar='FILE', help='also write the settings and results to FILE')
+    args = parser.parse_args(argv)
+    config = get_default_config()
+    merge_yaml(config, args.cfg)
+    config.defrost()
+    config.DATA.DATA_PATH, config.DATA.BATCH_SIZE, config.DATA.NUM_WORKERS = args.data_path, args.batch_size, args.workers
+    config.MODEL.NUM_CLASSES = 0  # the data's (a head of another size: the same work for both feeds)
+    config.TRAIN.SAVE_INTERVAL_STEPS = 0
+    config.freeze()
+    dist_info = init_distributed(args.device)
+    trainer = Trainer(config, dist_info, logging.getLogger('benchmark.feed'))
+    data = build_loader(config, device=dist_info.device)
+    trainer.build(data)
+    if trainer.steps_per_epoch <= args.skip:
+        parser.error(f'an epoch of {args.data_path} is {trainer.steps_per_epoch} steps at batch {args.batch_size}: '
+                     f'make it longer than --skip {args.skip} (more training images)')
+    trainer.prepare_training()
+    synthetic = next(iter(data.loader_train))  # a batch as the loader gives it: on the device, normalised
+    speeds = {feed: [] for feed in FEEDS}
+    for epoch in range(2 * (args.rounds + 1)):
+        feed = FEEDS[epoch % 2]
+        batches = data.loader_train if feed == 'loader' else itertools.repeat(synthetic, trainer.steps_per_epoch)
+        speed = timed_epoch(trainer, data, epoch, batches, args.skip)
+        if epoch >= 2:
+            speeds[feed].append(speed)
+
+    device = dist_info.device
+    medians = {feed: statistics.median(values) for feed, values in speeds.items()}
+    ratio = medians['loader'] / medians['synthetic']
+    settings = {'machine': machine(device), 'cpus': os.cpu_count(), 'torch': torch.__version__,
+                'timm': timm.__version__, 'cfg': args.cfg, 'model': config.MODEL.NAME, 'amp': config.AMP.ENABLE,
+                'amp_dtype': config.AMP.DTYPE, 'compile': config.TRAIN.COMPILE, 'data_path': args.data_path,
+                'images': len(data.dataset_train), 'workers': args.workers, 'batch_size': args.batch_size,
+                'steps_per_epoch': trainer.steps_per_epoch, 'skip': args.skip, 'rounds': args.rounds}
+    amp = f'AMP {config.AMP.DTYPE}' if config.AMP.ENABLE and device.type == 'cuda' else 'float32'
+    print(f"{settings['machine']} ({os.cpu_count()} CPUs); torch {torch.__version__}; {config.MODEL.NAME}, {amp}, "
+          f'batch {args.batch_size}, {trainer.steps_per_epoch} steps an epoch, timed from step {args.skip}; '
+          f'{args.workers} loader workers on {len(data.dataset_train)} images of {args.data_path}\n')
+    print('| input | training images/s, each epoch | median |\n| --- | --- | ---: |')
+    for feed, name in (('loader', f'the loader, {args.workers} workers'), ('synthetic', 'one synthetic batch')):
+        print(f"| {name} | {', '.join(f'{v:.1f}' for v in speeds[feed])} | {medians[feed]:.1f} |")
+    print(f'\nloader / synthetic: {ratio:.3f}x')
+    if args.json:
+        Path(args.json).write_text(json.dumps({'settings': settings, 'images_per_s': speeds, 'medians': medians,
+                                               'ratio': ratio}, indent=1) + '\n')
+    return 0
+
+
 if __name__ == '__main__':
-    sys.exit(data_main(sys.argv[2:]) if sys.argv[1:2] == ['data'] else main())
+    other_modes = {'data': data_main, 'feed': feed_main}
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    sys.exit(other_modes[command](sys.argv[2:]) if command in other_modes else main())

@@ -5,14 +5,28 @@
 #      base models), inference and training images/s, peak memory, ratios from one process, and each
 #      model's costliest operators in one step                              -> OUT/models.md, OUT/models.json
 #   3. main.py --throughput of ACmix-S at batch 128                         -> OUT/throughput.txt
+#   4. ACmix-S training fed by 8 loader workers against a synthetic batch, on JPEG photographs written
+#      to a scratch folder (tools/benchmark.py feed)                        -> OUT/feed.txt, OUT/feed.json
 #
 #     bash tools/gpu_report.sh [OUT]          (OUT defaults to output/gpu_report; PYTHON picks the interpreter)
 #
+# The sizes come from the environment, so that the same script runs on the CPU as a quick check of itself:
+#     DEVICE=cpu BATCH=2 BASE_BATCH=2 WARMUP=0 ROUNDS=1 WORKERS=1 PHOTOS=8 SKIP=1 FEED_ROUNDS=1 bash tools/gpu_report.sh
 # A step that fails is reported and the others still run; the exit status is then 1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-output/gpu_report}
 python=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+batch=${BATCH:-128}             # the tiny and small models' batch, in both modes
+base_batch=${BASE_BATCH:-64}    # the base models'
+warmup=${WARMUP:-3}
+rounds=${ROUNDS:-5}
+workers=${WORKERS:-8}           # step 4's loader workers
+photos=${PHOTOS:-6400}          # step 4's training photographs: PHOTOS / BATCH steps an epoch
+skip=${SKIP:-8}                 # step 4's untimed steps at each epoch's start
+feed_rounds=${FEED_ROUNDS:-3}   # step 4's timed epochs of each feed
+scratch=${SCRATCH:-${TMPDIR:-/tmp}/gpu_report_photos}  # step 4's photographs: not under OUT, which is kept
 mkdir -p "$out"
 failed=0
 
@@ -23,27 +37,36 @@ step() {  # step NAME FILE COMMAND...: run COMMAND, its output also into FILE
     "$@" 2>&1 | tee "$file" || { echo "== $name FAILED"; failed=1; }
 }
 
-"$python" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.cuda.get_device_name())' \
-    || exit 1
+if [ "$device" = cuda ]; then
+    "$python" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.cuda.get_device_name())' \
+        || exit 1
+fi
 
-step 'golden files on the GPU' "$out/golden.txt" \
-    "$python" tools/check_golden.py tests/data/golden/*.pt --device cuda
+step "golden files on the $device" "$out/golden.txt" \
+    "$python" tools/check_golden.py tests/data/golden/*.pt --device "$device"
 
 step 'published models next to their timm peers' /dev/null \
-    "$python" tools/benchmark.py --dtype bfloat16 --warmup 3 --rounds 5 --profile 12 \
-    --json "$out/models.json" --markdown "$out/models.md" \
-    acmix_swin_tiny_patch4_window7_224:swin_tiny_patch4_window7_224@128 \
-    acmix_swin_small_patch4_window7_224:swin_small_patch4_window7_224@128 \
-    amixer_t:swin_tiny_patch4_window7_224@128 \
-    amixer_s:swin_small_patch4_window7_224@128 \
-    amixer_b:swin_base_patch4_window7_224@64 \
-    amixer_deit_s:deit_small_patch16_224@128 \
-    configs/swin_tiny_patch4_window7_224.yaml:swin_tiny_patch4_window7_224@128 \
-    configs/swin_small_patch4_window7_224.yaml:swin_small_patch4_window7_224@128 \
-    configs/swin_base_patch4_window7_224.yaml:swin_base_patch4_window7_224@64
+    "$python" tools/benchmark.py --device "$device" --dtype bfloat16 --warmup "$warmup" --rounds "$rounds" \
+    --profile 12 --json "$out/models.json" --markdown "$out/models.md" \
+    "acmix_swin_tiny_patch4_window7_224:swin_tiny_patch4_window7_224@$batch" \
+    "acmix_swin_small_patch4_window7_224:swin_small_patch4_window7_224@$batch" \
+    "amixer_t:swin_tiny_patch4_window7_224@$batch" \
+    "amixer_s:swin_small_patch4_window7_224@$batch" \
+    "amixer_b:swin_base_patch4_window7_224@$base_batch" \
+    "amixer_deit_s:deit_small_patch16_224@$batch" \
+    "configs/swin_tiny_patch4_window7_224.yaml:swin_tiny_patch4_window7_224@$batch" \
+    "configs/swin_small_patch4_window7_224.yaml:swin_small_patch4_window7_224@$batch" \
+    "configs/swin_base_patch4_window7_224.yaml:swin_base_patch4_window7_224@$base_batch"
 
 step 'main.py --throughput, ACmix-S' "$out/throughput.txt" \
-    "$python" main.py --cfg configs/acmix_swin_small_patch4_window7_224.yaml --throughput --batch-size 128 \
-    --output "$(mktemp -d)"
+    "$python" main.py --cfg configs/acmix_swin_small_patch4_window7_224.yaml --throughput --batch-size "$batch" \
+    --device "$device" --output "$(mktemp -d)"
+
+rm -rf "$scratch"
+step "ACmix-S fed by $workers loader workers and by a synthetic batch" "$out/feed.txt" \
+    bash -c "\"$python\" tools/make_demo_dataset.py --photos --num-train $photos --num-val $batch --out \"$scratch\" \
+        && \"$python\" tools/benchmark.py feed \"$scratch\" --cfg configs/acmix_swin_small_patch4_window7_224.yaml \
+        --device $device --workers $workers --batch-size $batch --skip $skip --rounds $feed_rounds --json \"$out/feed.json\""
+rm -rf "$scratch"
 
 exit $failed
