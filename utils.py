@@ -319,7 +319,7 @@ class ThroughputRunner:
                  forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  scaler: torch.amp.GradScaler | None = None):
         self.model, self.optimizer, self.batches, self.autocast = model, optimizer, batches, autocast
-        self.forward = forward or model  # e.g. the torch.compile'd model
+        self.forward = model if forward is None else forward  # e.g. torch.compile's module (it has no truth value)
         self.scaler = scaler or torch.amp.GradScaler(enabled=False)
         self.device = next(model.parameters()).device
         self.cuda = self.device.type == 'cuda'

@@ -629,6 +629,17 @@ def test_benchmark_drop_path_option_sets_the_rate_of_every_model():
     assert create('test_vit', 0.25).blocks[-1].drop_path1.drop_prob == pytest.approx(0.25)  # a timm peer
 
 
+def test_throughput_runner_takes_a_compiled_forward():
+    # torch.compile's module has no truth value (len() raises): a runner must still take it as the forward
+    from utils import ThroughputRunner
+    model = torch.nn.Linear(4, 2)
+    compiled = torch.compile(model)
+    batches = dict.fromkeys(('inference', 'training'), (torch.zeros(1, 4), torch.zeros(1, dtype=torch.long)))
+    runner = ThroughputRunner(model, torch.optim.SGD(model.parameters()), batches, forward=compiled)
+    assert runner.forward is compiled
+    assert ThroughputRunner(model, torch.optim.SGD(model.parameters()), batches).forward is model
+
+
 def test_benchmark_table_shows_peak_memory_when_measured():
     from tools.benchmark import markdown_table
     row = {'model': 'a', 'peer': 'b', 'infer_batch': 16, 'train_batch': 8, 'inference_images_s': 4.,
