@@ -133,7 +133,7 @@ def measure(specs: list[str], batch_sizes: dict[str, int], args: argparse.Namesp
     {mode: {spec: peak GiB}} (on a GPU; empty elsewhere), and the --profile tables."""
     runners = {spec: runner(spec, batch_sizes, args) for spec in specs}
     speeds, peaks, profiles = {}, {}, []
-    for mode in MODES[:1] if args.skip_training else MODES:
+    for mode in [mode for mode in MODES if not getattr(args, f'skip_{mode}')]:
         samples = {spec: [] for spec in runners}
         for _ in range(args.warmup):
             for r in runners.values():
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--compile', action='store_true', help='run the models through torch.compile')
     parser.add_argument('--drop-path', type=float, metavar='RATE',
                         help="every model's stochastic-depth rate in training (default: each model's own)")
+    parser.add_argument('--skip-inference', action='store_true', help='measure training only')
     parser.add_argument('--skip-training', action='store_true', help='measure inference only')
     parser.add_argument('--profile', type=int, metavar='ROWS',
                         help="after timing, profile one step of each model and mode: its ROWS costliest operators")
@@ -378,7 +379,8 @@ def feed_main(argv: list[str]) -> int:
     config = get_default_config()
     merge_yaml(config, args.cfg)
     config.defrost()
-    config.DATA.DATA_PATH, config.DATA.BATCH_SIZE, config.DATA.NUM_WORKERS = args.data_path, args.batch_size, args.workers
+    config.DATA.DATA_PATH, config.DATA.NUM_WORKERS = args.data_path, args.workers
+    config.DATA.BATCH_SIZE = args.batch_size
     config.MODEL.NUM_CLASSES = 0  # the data's (a head of another size: the same work for both feeds)
     config.TRAIN.SAVE_INTERVAL_STEPS = 0
     config.freeze()

@@ -7,6 +7,8 @@
 #   3. main.py --throughput of ACmix-S at batch 128                         -> OUT/throughput.txt
 #   4. ACmix-S training fed by 8 loader workers against a synthetic batch, on JPEG photographs written
 #      to a scratch folder (tools/benchmark.py feed)                        -> OUT/feed.txt, OUT/feed.json
+#   5. only with COMPILE=1 (several minutes more: each model compiles): training of the ACmix and AMixer
+#      models short of their targets next to their peers, both compiled   -> OUT/compiled.md, OUT/compiled.json
 #
 #     bash tools/gpu_report.sh [OUT]          (OUT defaults to output/gpu_report; PYTHON picks the interpreter)
 #
@@ -68,5 +70,15 @@ step "ACmix-S fed by $workers loader workers and by a synthetic batch" "$out/fee
         && \"$python\" tools/benchmark.py feed \"$scratch\" --cfg configs/acmix_swin_small_patch4_window7_224.yaml \
         --device $device --workers $workers --batch-size $batch --skip $skip --rounds $feed_rounds --json \"$out/feed.json\""
 rm -rf "$scratch"
+
+if [ "${COMPILE:-0}" = 1 ]; then
+    step 'training, compiled, next to compiled peers' /dev/null \
+        "$python" tools/benchmark.py --device "$device" --dtype bfloat16 --compile --skip-inference \
+        --warmup "$warmup" --rounds "$rounds" --json "$out/compiled.json" --markdown "$out/compiled.md" \
+        "acmix_swin_tiny_patch4_window7_224:swin_tiny_patch4_window7_224@$batch" \
+        "acmix_swin_small_patch4_window7_224:swin_small_patch4_window7_224@$batch" \
+        "amixer_t:swin_tiny_patch4_window7_224@$batch" \
+        "amixer_deit_s:deit_small_patch16_224@$batch"
+fi
 
 exit $failed
