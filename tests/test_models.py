@@ -640,6 +640,34 @@ def test_throughput_runner_takes_a_compiled_forward():
     assert ThroughputRunner(model, torch.optim.SGD(model.parameters()), batches).forward is model
 
 
+def test_benchmark_memory_sites_at_the_peak_of_an_allocator_trace():
+    from tools.benchmark import peak_sites
+
+    def frame(filename, line, name):
+        return {'filename': filename, 'line': line, 'name': name}
+
+    attention = [frame('/lib/torch/nn/functional.py', 5, 'linear'), frame('/repo/models/swin.py', 140, 'attend')]
+    mlp = [frame('/env/timm/models/vision_transformer.py', 251, 'forward')]
+    backward = [frame('??', 0, 'at::native::empty_cuda'),
+                frame('??', 0, 'torch::autograd::generated::ConvolutionBackward0::apply(variable_list&&)')]
+    trace = [
+        {'action': 'free_requested', 'addr': 9, 'size': 1000},  # allocated before the trace: not counted
+        {'action': 'alloc', 'addr': 1, 'size': 100, 'frames': attention},
+        {'action': 'alloc', 'addr': 2, 'size': 50, 'frames': mlp},
+        {'action': 'alloc', 'addr': 3, 'size': 30, 'frames': attention},
+        {'action': 'free_requested', 'addr': 1, 'size': 100},
+        {'action': 'free_completed', 'addr': 1, 'size': 100},
+        {'action': 'alloc', 'addr': 4, 'size': 120, 'frames': backward},  # 200 live: the peak
+        {'action': 'free_requested', 'addr': 4, 'size': 120},
+        {'action': 'alloc', 'addr': 5, 'size': 60, 'frames': []},
+    ]
+    assert peak_sites(trace, rows=5) == (200, [('ConvolutionBackward0', 120),
+                                               ('models/vision_transformer.py:251 forward', 50),
+                                               ('models/swin.py:140 attend', 30)])
+    assert peak_sites(trace, rows=1) == (200, [('ConvolutionBackward0', 120)])
+    assert peak_sites([], rows=3) == (0, [])
+
+
 def test_benchmark_table_shows_peak_memory_when_measured():
     from tools.benchmark import markdown_table
     row = {'model': 'a', 'peer': 'b', 'infer_batch': 16, 'train_batch': 8, 'inference_images_s': 4.,

@@ -128,6 +128,55 @@ def profile(spec: str, runner: ThroughputRunner, mode: str, rows: int) -> str:
     return f'### {spec}, one {mode} step\n\n' + prof.key_averages().table(sort_by=sort_by, row_limit=rows)
 
 
+def allocation_site(frames: list[dict]) -> str:
+    """Where an allocation was made, from its recorded stack (innermost frame first): the innermost Python frame
+    outside torch, else the autograd node that ran it (a backward has no Python frames), else the innermost."""
+    for frame in frames:
+        if frame['filename'].endswith('.py') and '/torch/' not in frame['filename']:
+            return f"{'/'.join(Path(frame['filename']).parts[-2:])}:{frame['line']} {frame['name']}"
+    for frame in frames:
+        if 'Backward' in frame['name'] and '::apply' in frame['name']:
+            return frame['name'].split('::apply')[0].rsplit('::', 1)[-1]
+    return frames[0]['name'] if frames else 'no Python frame (a backward)'
+
+
+def peak_sites(trace: list[dict], rows: int) -> tuple[int, list[tuple[str, int]]]:
+    """The most bytes that a CUDA allocator trace (one device's `device_traces` in a memory snapshot) held at
+    once in blocks it allocated, and the `rows` allocation sites holding the most of them then: (site, bytes)."""
+    live, by_site = {}, {}  # address -> (bytes, site); site -> bytes
+    total = peak = 0
+    at_peak = {}
+    for event in trace:
+        if event['action'] == 'alloc':
+            size, site = event['size'], allocation_site(event.get('frames', []))
+            live[event['addr']] = size, site
+            by_site[site] = by_site.get(site, 0) + size
+            total += size
+            if total > peak:
+                peak, at_peak = total, dict(by_site)
+        elif event['action'] == 'free_requested' and event['addr'] in live:
+            size, site = live.pop(event['addr'])
+            by_site[site] -= size
+            total -= size
+    return peak, sorted(((site, size) for site, size in at_peak.items() if size), key=lambda item: -item[1])[:rows]
+
+
+def memory_sites(spec: str, runner: ThroughputRunner, rows: int) -> str:
+    """The `rows` places whose allocations hold the most memory at the peak of one training step (CUDA)."""
+    # Python frames only: C++ ones would take minutes to symbolise; a backward's allocations have none
+    torch.cuda.memory._record_memory_history(stacks='python', max_entries=2_000_000)
+    try:
+        runner.images_per_second('training')
+        trace = torch.cuda.memory._snapshot()['device_traces'][torch.cuda.current_device()]
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    peak, sites = peak_sites(trace, rows)
+    return '\n'.join([f'### {spec}, one training step: {peak / 2 ** 30:.2f} GiB allocated at its peak on top of '
+                      'what the step started with, by where it was allocated', '',
+                      '| GiB | allocated at |', '| ---: | --- |'] + [f'| {size / 2 ** 30:.3f} | `{site}` |'
+                                                                     for site, size in sites])
+
+
 def measure(specs: list[str], batch_sizes: dict[str, int], args: argparse.Namespace) -> tuple[dict, dict, list]:
     """{mode: {spec: median images/s}} of models built together and timed in turn, round after round,
     {mode: {spec: peak GiB}} (on a GPU; empty elsewhere), and the --profile tables."""
@@ -146,6 +195,8 @@ def measure(specs: list[str], batch_sizes: dict[str, int], args: argparse.Namesp
             peaks[mode] = {spec: r.peak_bytes[mode] / 2 ** 30 for spec, r in runners.items()}
         if args.profile:
             profiles += [profile(spec, r, mode, args.profile) for spec, r in runners.items()]
+        if args.memory_sites and mode == 'training' and any(r.cuda for r in runners.values()):
+            profiles += [memory_sites(spec, r, args.memory_sites) for spec, r in runners.items()]
     return speeds, peaks, profiles
 
 
@@ -212,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--skip-training', action='store_true', help='measure inference only')
     parser.add_argument('--profile', type=int, metavar='ROWS',
                         help="after timing, profile one step of each model and mode: its ROWS costliest operators")
+    parser.add_argument('--memory-sites', type=int, metavar='ROWS',
+                        help='on a GPU, after timing, record one training step of each model: the ROWS places '
+                        'whose allocations hold the most memory at its peak')
     parser.add_argument('--json', metavar='FILE', help='also write the settings and results to FILE')
     parser.add_argument('--markdown', metavar='FILE', help='also write the table (and any profiles) to FILE')
     args = parser.parse_args(argv)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One GPU report, in one command on a CUDA machine (about 5 minutes on one H100/H200):
+# One GPU report, in one command on a CUDA machine (about 7 minutes on one H100/H200):
 #   1. every golden file checked on the GPU (float32, TF32 off)           -> OUT/golden.txt
 #   2. the nine published models next to their timm peers: bf16 autocast, 224x224, batch 128 (64 for the
 #      base models), inference and training images/s, peak memory, ratios from one process, and each
-#      model's costliest operators in one step                              -> OUT/models.md, OUT/models.json
+#      model's costliest operators in one step and where its training step's peak memory was allocated
+#                                                                           -> OUT/models.md, OUT/models.json
 #   3. main.py --throughput of ACmix-S at batch 128                         -> OUT/throughput.txt
 #   4. ACmix-S training fed by 8 loader workers against a synthetic batch, on JPEG photographs written
 #      to a scratch folder (tools/benchmark.py feed)                        -> OUT/feed.txt, OUT/feed.json
@@ -49,7 +50,7 @@ step "golden files on the $device" "$out/golden.txt" \
 
 step 'published models next to their timm peers' /dev/null \
     "$python" tools/benchmark.py --device "$device" --dtype bfloat16 --warmup "$warmup" --rounds "$rounds" \
-    --profile 12 --json "$out/models.json" --markdown "$out/models.md" \
+    --profile 12 --memory-sites 10 --json "$out/models.json" --markdown "$out/models.md" \
     "acmix_swin_tiny_patch4_window7_224:swin_tiny_patch4_window7_224@$batch" \
     "acmix_swin_small_patch4_window7_224:swin_small_patch4_window7_224@$batch" \
     "amixer_t:swin_tiny_patch4_window7_224@$batch" \
