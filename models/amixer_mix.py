@@ -27,7 +27,6 @@ from torch import Tensor
 
 from .swin import matmul_dtype
 
-GROUP = 16  # rows per program, sharing each bank tile; also the reduction length of the bank's gradient matmul
 BANK_GRAD_PROGRAMS = 1024  # about how many programs the bank's gradient spreads over, for a GPU's worth of work
 MIN_GROUPS_PER_SHARE = 4  # ... each summing over at least this many groups before its atomic add
 
@@ -198,15 +197,27 @@ def _padded(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _tiles(N: int, K: int, D: int, dtype: torch.dtype) -> dict[str, int]:
-    """Tile sizes and launch options for (N, banks, head_dim): 16 x 16 tiles, the smallest the dots take,
-    over 8 warps. float32 goes unpipelined: its dots' operands, staged in shared memory, would not fit.
+# Tile sizes and launch options (GROUP, BS, BT, num_warps, num_stages) that replace _tiles' own for 16-bit
+# inputs of a (tokens, banks, head_dim) shape: for instance the fastest that tools/gpu_check_amixer_mix.py
+# --sweep finds on a GPU. Each must be a power of two; GROUP, BS and BT at least 16 (the dots' smallest sides).
+TILES: dict[tuple[int, int, int], dict[str, int]] = {}
 
-    Cross-compiled for sm_90 (not yet timed on a GPU): in 16 bits, the kernels fit their registers at 16
-    banks and head_dim 32; the backward spills a little from 32 banks or head_dim 48 up.
+
+def _tiles(N: int, K: int, D: int, dtype: torch.dtype) -> dict[str, int]:
+    """Tile sizes and launch options for (N, banks, head_dim): by default groups of 16 rows (GROUP, sharing
+    each bank tile; also the reduction length of the bank's gradient matmul) and 16 x 16 source x target
+    tiles (BS, BT), the smallest the dots take, over 8 warps; for 16-bit inputs TILES may replace them.
+    float32 goes unpipelined: its dots' operands, staged in shared memory, would not fit.
+
+    In 16 bits on sm_90 the default tiles fit their registers at 16 banks and head_dim 32; the backward
+    spills a little from 32 banks or head_dim 48 up.
     """
-    stages = {'num_stages': 1} if dtype == torch.float32 else {}
-    return dict(N=N, K=K, D=D, BS=16, BT=16, KP=_padded(K), DP=_padded(D), num_warps=8, **stages)
+    tiles = dict(GROUP=16, BS=16, BT=16, num_warps=8)
+    if dtype == torch.float32:
+        tiles['num_stages'] = 1
+    else:
+        tiles.update(TILES.get((N, K, D), {}))
+    return dict(N=N, K=K, D=D, KP=_padded(K), DP=_padded(D), **tiles)
 
 
 class FusedSourceSoftmaxMix(torch.autograd.Function):
@@ -230,9 +241,9 @@ class FusedSourceSoftmaxMix(torch.autograd.Function):
             if mask.shape != (mask.shape[0], N, N) or n_rows % period:
                 raise ValueError(f'mask {tuple(mask.shape)} does not fit {n_rows} rows of {heads} heads and {N} tokens')
         ctx.sizes = (n_rows, period, heads)
-        ctx.n_groups = period * triton.cdiv(n_rows // period, GROUP)
         precision = 'tf32' if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else 'ieee'
-        ctx.meta = dict(HAS_MASK=mask is not None, PRECISION=precision, GROUP=GROUP, **_tiles(N, K, D, dtype))
+        ctx.meta = dict(HAS_MASK=mask is not None, PRECISION=precision, **_tiles(N, K, D, dtype))
+        ctx.n_groups = period * triton.cdiv(n_rows // period, ctx.meta['GROUP'])
         mixed = torch.empty_like(values)
         lse = torch.empty(n_rows, N, device=values.device, dtype=torch.float32)
         grid = (ctx.n_groups, triton.cdiv(N, ctx.meta['BT']))

@@ -25,6 +25,13 @@ CASES = {
     'n36-k16-d48-masked': (36, 16, 48, 5, 1, 1, True),
 }
 AUTOCAST_CASE = 'n36-k16-d48-masked'
+# Tiles other than the default 16s (models.amixer_mix.TILES, for 16-bit inputs): the kernels take any
+HALF_TILES = {  # (interpreted runs of the masked case, and of one with whole and partial groups of 20 rows)
+    'default tiles': {},
+    'GROUP 32, BS 32, BT 16': dict(GROUP=32, BS=32, BT=16, num_warps=4),
+    'BT 64, BS 16': dict(BT=64, num_stages=2),
+}
+HALF_CASES = [AUTOCAST_CASE, 'n49-k4-d32']
 MODELS = ['amixer_deit_small_geometry', 'amixer_swin_small_geometry']  # AMixer-Swin's has shifted windows
 
 
@@ -65,12 +72,16 @@ def model_step(name):
 
 
 def kernel_step(name, autocast=None):
-    from models.amixer_mix import FusedSourceSoftmaxMix
+    """The kernels' output and gradients, and the tiles and launch options they ran with."""
+    from models import amixer_mix
     policy, bank, values, mask, heads, grad = case_tensors(name)
     inputs = [t.requires_grad_() for t in (policy, bank, values)]
-    with torch.autocast('cpu', dtype=autocast, enabled=autocast is not None):
-        mixed = FusedSourceSoftmaxMix.apply(*inputs, mask, heads)
-    return {'mixed': mixed.detach(), 'grads': torch.autograd.grad(mixed, inputs, grad.to(mixed.dtype))}
+    tiles, choose = [], amixer_mix._tiles
+    with mock.patch.object(amixer_mix, '_tiles', lambda *args: tiles.append(choose(*args)) or tiles[-1]), \
+            torch.autocast('cpu', dtype=autocast, enabled=autocast is not None):
+        mixed = amixer_mix.FusedSourceSoftmaxMix.apply(*inputs, mask, heads)
+    return {'mixed': mixed.detach(), 'grads': torch.autograd.grad(mixed, inputs, grad.to(mixed.dtype)),
+            'tiles': tiles[0]}
 
 
 @pytest.fixture(scope='module')
@@ -118,14 +129,17 @@ def test_fused_mixing_equals_the_plain_maths_forward_and_backward(interpreted, n
         assert_near(a, b, 1e-5, label)
 
 
-def test_fused_mixing_under_float16_autocast(interpreted):
+@pytest.mark.parametrize('tiles', sorted(HALF_TILES))
+@pytest.mark.parametrize('name', HALF_CASES)
+def test_fused_mixing_under_float16_autocast(interpreted, name, tiles):
     # 16-bit matmul inputs (float16: the interpreter's dot reads bfloat16 as integers), float32 softmax:
     # about float16's rounding (2**-11) off the exact result, as SourceSoftmaxMix under autocast
-    policy, bank, values, mask, heads, grad = case_tensors(AUTOCAST_CASE)
+    policy, bank, values, mask, heads, grad = case_tensors(name)
     exact = [t.double().requires_grad_() for t in (policy, bank, values)]
-    mixed = plain_mixing(*exact, mask.double(), heads)
+    mixed = plain_mixing(*exact, None if mask is None else mask.double(), heads)
     expected = [mixed.detach(), *torch.autograd.grad(mixed, exact, grad.double())]
-    ours = interpreted['kernel'][AUTOCAST_CASE + '@float16']
+    ours = interpreted['kernel'][f'{name}@float16, {tiles}']
+    assert ours['tiles'].items() >= {'GROUP': 16, 'BS': 16, 'BT': 16, **HALF_TILES[tiles]}.items()
     assert ours['mixed'].dtype == torch.float16
     for label, a, b in zip(('mixed', 'policy grad', 'bank grad', 'values grad'), [ours['mixed'], *ours['grads']],
                            expected):
@@ -160,8 +174,13 @@ if __name__ == '__main__':  # a worker: python tests/test_amixer_kernel.py kerne
     part, path = sys.argv[1:]
     assert os.environ.get('TRITON_INTERPRET') == '1', 'run under TRITON_INTERPRET=1'
     if part == 'kernel':
+        from models import amixer_mix
         results = {name: kernel_step(name) for name in CASES}
-        results[AUTOCAST_CASE + '@float16'] = kernel_step(AUTOCAST_CASE, torch.float16)
+        for name in HALF_CASES:
+            tokens, banks, head_dim, *_ = CASES[name]
+            for label, tiles in HALF_TILES.items():
+                amixer_mix.TILES[tokens, banks, head_dim] = tiles
+                results[f'{name}@float16, {label}'] = kernel_step(name, torch.float16)
     else:
         results = {name: model_step(name) for name in MODELS}
     torch.save(results, path)
