@@ -1,12 +1,16 @@
 """Check and time AMixer's fused Triton mixing (models/amixer_mix.py) against SourceSoftmaxMix on a GPU.
 
-    python tools/gpu_check_amixer_mix.py [--batch 128] [--budget 55] [--small]
+    python tools/gpu_check_amixer_mix.py [--batch 128] [--budget 55] [--small] [--sweep]
 
 At AMixer-T's four stage shapes (the first two with their shifted-window masks) and AMixer-DeiT-S's:
   1. max errors, forward and backward, of the fused kernels against SourceSoftmaxMix in float32 (TF32
      off), and of both in bfloat16 (autocast) against that float32 result;
   2. median times (CUDA events, 20 runs after warm-up) of forward+backward and of forward alone,
      triton against torch in bfloat16, as a table.
+With --sweep instead, the kernels' forward+backward in bfloat16 with each tiling of SWEEP (entries of
+models.amixer_mix.TILES), as a table, and the fastest per shape as a TILES literal; a tiling whose errors
+against SourceSoftmaxMix in float32 exceed twice the default tiling's is not timed (each tiling compiles
+its kernels: give it --budget 300).
 Each check that raises is reported and the rest go on; what has not started after --budget seconds is
 listed as skipped. --small runs tiny shapes on the CPU in Triton's interpreter (TRITON_INTERPRET=1, set
 here), to exercise the script without a GPU, in float16 for bfloat16 (the interpreter's dot reads
@@ -103,24 +107,33 @@ def check(shape: Shape, batch: int, device, half) -> str:
     return '\n    '.join(['relative max errors against torch float32:'] + lines)
 
 
+def steps(implementation: str, shape: Shape, tensors, half) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A training step (forward+backward) and an inference step (forward, no grad) of the mixing, in `half`."""
+    import torch
+    policy, bank, values, grad, mask = tensors
+    grad = grad.to(half)
+
+    def train():
+        with torch.autocast(values.device.type, dtype=half):
+            out = mix(implementation, policy, bank, values, mask, shape.heads)
+        torch.autograd.grad(out, (policy, bank, values), grad)
+
+    def infer():
+        with torch.no_grad(), torch.autocast(values.device.type, dtype=half):
+            mix(implementation, policy, bank, values, mask, shape.heads)
+
+    return train, infer
+
+
 def timings(shape: Shape, batch: int, device, half, reps: int) -> dict[str, float]:
     """Median ms of forward+backward and of forward alone (no grad), per implementation, autocast to `half`."""
     import torch
 
     from utils import median_milliseconds
-    policy, bank, values, grad, mask = inputs(shape, batch, device)
-    grad = grad.to(half)
+    tensors = inputs(shape, batch, device)
     times = {}
     for implementation in ('triton', 'torch'):
-        def train():
-            with torch.autocast(device.type, dtype=half):
-                out = mix(implementation, policy, bank, values, mask, shape.heads)
-            torch.autograd.grad(out, (policy, bank, values), grad)
-
-        def infer():
-            with torch.no_grad(), torch.autocast(device.type, dtype=half):
-                mix(implementation, policy, bank, values, mask, shape.heads)
-
+        train, infer = steps(implementation, shape, tensors, half)
         begin = time.perf_counter()
         train()
         infer()
@@ -132,11 +145,69 @@ def timings(shape: Shape, batch: int, device, half, reps: int) -> dict[str, floa
     return times
 
 
+# --sweep's candidate tilings: entries of models.amixer_mix.TILES, each changing the default (GROUP 16, BS 16,
+# BT 16, 8 warps, Triton's default stages) in one or two places
+SWEEP = [{}, dict(num_warps=4), dict(num_stages=3), dict(BT=32), dict(BT=32, num_warps=4), dict(BT=64),
+         dict(BS=32), dict(GROUP=32), dict(GROUP=32, BT=32)]
+
+
+def tiling(tiles: dict[str, int]) -> str:
+    return ', '.join(f'{key} {value}' for key, value in tiles.items()) or 'default'
+
+
+def sweep(shape: Shape, batch: int, device, half, reps: int) -> dict[str, float | str]:
+    """Per tiling of SWEEP, the median ms of the kernels' forward+backward in `half`, or why it has none."""
+    import torch
+
+    from models import amixer_mix
+    from utils import median_milliseconds
+    tensors = inputs(shape, batch, device)
+    reference = results('torch', shape, tensors, torch.float32)
+    key = (shape.tokens, shape.banks, shape.head_dim)
+    times, default_error = {}, None
+    try:
+        for tiles in SWEEP:
+            amixer_mix.TILES[key] = tiles
+            try:
+                ours = results('triton', shape, tensors, half)
+            except Exception as error:  # e.g. Triton's OutOfResources: the tiles need more than the GPU has
+                times[tiling(tiles)] = type(error).__name__
+                continue
+            error = max((a - b).abs().max().item() / b.abs().max().item() for a, b in zip(ours, reference))
+            default_error = error if default_error is None else default_error
+            if error > 2 * default_error:
+                times[tiling(tiles)] = f'error {error:.1e}'
+                continue
+            times[tiling(tiles)] = median_milliseconds(steps('triton', shape, tensors, half)[0], device, reps)
+    finally:
+        amixer_mix.TILES.pop(key, None)
+    return times
+
+
+def print_sweep(table: list[tuple[Shape, dict[str, float | str]]], half) -> None:
+    """The sweep's table, and as a TILES literal the fastest tiling of each shape that beats the default
+    by 3% or more (less is within the spread of repeated timings)."""
+    labels = [tiling(tiles) for tiles in SWEEP]
+    print(f'\n{str(half)[6:]}, median ms of forward+backward per tiling (models.amixer_mix.TILES)')
+    print('| shape | ' + ' | '.join(labels) + ' |\n| --- |' + ' ---: |' * len(labels))
+    fastest = {}
+    for shape, times in table:
+        cells = [f'{times[label]:.3f}' if isinstance(times.get(label), float) else times.get(label, '-')
+                 for label in labels]
+        print(f'| {shape.name} | ' + ' | '.join(cells) + ' |')
+        timed = [(ms, tiles) for tiles in SWEEP if isinstance(ms := times.get(tiling(tiles)), float)]
+        best_ms, best = min(timed, key=lambda item: item[0], default=(None, {}))
+        if best and isinstance(times.get('default'), float) and best_ms <= 0.97 * times['default']:
+            fastest[shape.tokens, shape.banks, shape.head_dim] = best
+    print(f'\nTILES = {fastest!r}')
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--batch', type=int, default=128, help='images (default 128)')
     parser.add_argument('--budget', type=float, default=55., help='start nothing after this many seconds (default 55)')
     parser.add_argument('--small', action='store_true', help="tiny shapes on the CPU, in Triton's interpreter")
+    parser.add_argument('--sweep', action='store_true', help="time the kernels' candidate tilings instead")
     args = parser.parse_args(argv)
     if args.small:
         os.environ['TRITON_INTERPRET'] = '1'  # before Triton is imported
@@ -164,6 +235,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
+
+    if args.sweep:
+        for shape in shapes:
+            times = attempt(f'{shape.name}: sweep', lambda: sweep(shape, batch, device, half, reps))
+            if times:
+                table.append((shape, times))
+                print(f'{shape.name}: {times}', flush=True)
+        print_sweep(table, half)
+        print(f'{time.perf_counter() - start:.1f} s in all, {failed} failed')
+        return 1 if failed else 0
 
     # 16-bit times first (they compile those kernels), then the checks
     for shape in shapes:
