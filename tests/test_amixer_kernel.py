@@ -25,8 +25,9 @@ CASES = {
     'n36-k16-d48-masked': (36, 16, 48, 5, 1, 1, True),
 }
 AUTOCAST_CASE = 'n36-k16-d48-masked'
-# Tiles other than the default 16s (models.amixer_mix.TILES, for 16-bit inputs): the kernels take any
-HALF_TILES = {  # (interpreted runs of the masked case, and of one with whole and partial groups of 20 rows)
+# Tilings for 16-bit inputs (models.amixer_mix.TILES) beside the default 16s, each run on the masked case and on
+# one whose 20 rows make whole and partial groups: the kernels must be right with any of them
+HALF_TILES = {
     'default tiles': {},
     'GROUP 32, BS 32, BT 16': dict(GROUP=32, BS=32, BT=16, num_warps=4),
     'BT 64, BS 16': dict(BT=64, num_stages=2),

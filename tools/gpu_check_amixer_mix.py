@@ -93,6 +93,11 @@ def results(implementation: str, shape: Shape, tensors, dtype):
     return [out.float()] + [g.float() for g in grads]
 
 
+def relative_errors(ours, reference) -> list[float]:
+    """Per output and gradient, the max error relative to the largest reference entry."""
+    return [(a - b).abs().max().item() / b.abs().max().item() for a, b in zip(ours, reference)]
+
+
 def check(shape: Shape, batch: int, device, half) -> str:
     """Max errors relative to the largest float32 reference entry, per output and gradient."""
     import torch
@@ -101,7 +106,7 @@ def check(shape: Shape, batch: int, device, half) -> str:
     lines = []
     for implementation, dtype in (('triton', torch.float32), ('triton', half), ('torch', half)):
         ours = results(implementation, shape, tensors, dtype)
-        errors = [(a - b).abs().max().item() / b.abs().max().item() for a, b in zip(ours, reference)]
+        errors = relative_errors(ours, reference)
         lines.append(f'{implementation:6s} {str(dtype)[6:]:8s} ' + '  '.join(
             f'{name} {error:.1e}' for name, error in zip(('out', 'd policy', 'd bank', 'd values'), errors)))
     return '\n    '.join(['relative max errors against torch float32:'] + lines)
@@ -173,7 +178,7 @@ def sweep(shape: Shape, batch: int, device, half, reps: int) -> dict[str, float 
             except Exception as error:  # e.g. Triton's OutOfResources: the tiles need more than the GPU has
                 times[tiling(tiles)] = type(error).__name__
                 continue
-            error = max((a - b).abs().max().item() / b.abs().max().item() for a, b in zip(ours, reference))
+            error = max(relative_errors(ours, reference))
             default_error = error if default_error is None else default_error
             if error > 2 * default_error:
                 times[tiling(tiles)] = f'error {error:.1e}'

@@ -66,10 +66,12 @@ step 'main.py --throughput, ACmix-S' "$out/throughput.txt" \
     --device "$device" --output "$(mktemp -d)"
 
 rm -rf "$scratch"
+step "$photos JPEG photographs for the loader" /dev/null \
+    "$python" tools/make_demo_dataset.py --photos --num-train "$photos" --num-val "$batch" --out "$scratch"
 step "ACmix-S fed by $workers loader workers and by a synthetic batch" "$out/feed.txt" \
-    bash -c "\"$python\" tools/make_demo_dataset.py --photos --num-train $photos --num-val $batch --out \"$scratch\" \
-        && \"$python\" tools/benchmark.py feed \"$scratch\" --cfg configs/acmix_swin_small_patch4_window7_224.yaml \
-        --device $device --workers $workers --batch-size $batch --skip $skip --rounds $feed_rounds --json \"$out/feed.json\""
+    "$python" tools/benchmark.py feed "$scratch" --cfg configs/acmix_swin_small_patch4_window7_224.yaml \
+    --device "$device" --workers "$workers" --batch-size "$batch" --skip "$skip" --rounds "$feed_rounds" \
+    --json "$out/feed.json"
 rm -rf "$scratch"
 
 if [ "${COMPILE:-0}" = 1 ]; then
